@@ -1,0 +1,210 @@
+"""Convert one planned stack into its outputs, with the commit protocol.
+
+Protocol (README: "Commit protocol"): delete any partial volume, write the Zarr volume,
+then the slices CSV, then the series JSON last. The JSON is the commit record: a series
+is complete iff its JSON exists and its input fingerprint matches. Every write is
+deterministic, so a retried or duplicated attempt writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_io import geometry, pixels, schemas, storage
+from dicom_io.errors import DicomflowError, StorageError
+from dicom_io.header import InstanceHeader
+from dicom_io.plan import SeriesPlan, StackPlan
+from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout
+
+PIPELINE_VERSION = "dicomflow-0.1.0"
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """What convert_stack needs from the job's options."""
+
+    output: str
+    overwrite: bool = False
+    max_pixel_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES
+
+
+@dataclass
+class StackResult:
+    """Rows for the two tables plus counters for metrics."""
+
+    series: dict[str, Any]
+    instances: list[dict[str, Any]]
+    bytes_written: int = 0
+    reused: bool = False
+    slices: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StackFailed(DicomflowError):
+    """One instance of a stack could not become a slice; the whole stack is not written."""
+
+    def __init__(self, header: InstanceHeader, reason: str):
+        super().__init__(f"{header.source_uri}: {reason}")
+        self.header, self.reason = header, reason
+
+
+def spacing_zyx(plan: StackPlan) -> list[float | None]:
+    """(z, y, x) mm; z only when the positions show a uniform step, y/x from (0028,0030)."""
+    ps = plan.first.pixel_spacing
+    row, col = (ps[0], ps[1]) if ps else (None, None)
+    return [plan.ordering.spacing_z, row, col]
+
+
+def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
+    """The `dicom` block of the Zarr group attributes and the series JSON."""
+    first, ordering = plan.first, plan.ordering
+    affine = None
+    if first.image_orientation and first.image_position and first.pixel_spacing and ordering.step_vector:
+        affine = geometry.affine_lps(first.image_orientation, first.image_position, first.pixel_spacing,
+                                     ordering.step_vector)
+    return {
+        "series_key": plan.series_key,
+        "series_instance_uid": first.series_instance_uid or None,
+        "study_instance_uid": first.study_instance_uid,
+        "stack_index": plan.stack_index,
+        "split_by": list(plan.split_by),
+        "stack_attributes": plan.stack_attributes,
+        "modality": first.modality,
+        "n_slices": plan.n_slices,
+        "shape": [plan.n_slices, first.rows, first.columns] + ([3] if plan.dtype == "uint8" else []),
+        "dtype": plan.dtype,
+        "spacing": spacing_zyx(plan),
+        "affine_lps": affine,
+        "geometry": ordering.geometry,
+        "order_by": ordering.order_by,
+        "spacing_min": ordering.spacing_min,
+        "spacing_max": ordering.spacing_max,
+        "max_gap": ordering.max_gap,
+        "tilt_degrees": ordering.tilt_degrees,
+        "monochrome1": first.photometric == "MONOCHROME1",
+        "tags": first.series_tags,
+    }
+
+
+def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
+    """OME-Zarr 0.5 `multiscales` (z, y, x in mm). Omitted for colour: NGFF forbids a trailing c axis."""
+    if plan.dtype == "uint8":
+        return {}
+    z, y, x = dicom["spacing"]
+    if z is None and plan.ordering.step_vector:  # mean step for viewers; `dicom.spacing` stays null
+        z = abs(sum(v * v for v in plan.ordering.step_vector) ** 0.5)
+    axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
+    scale = [float(v) if v else 1.0 for v in (z, y, x)]
+    return {"ome": {"version": "0.5", "multiscales": [{
+        "name": plan.series_key, "axes": axes,
+        "datasets": [{"path": ARRAY_NAME, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]}}
+
+
+def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=schemas.SLICE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+    first = plan.first
+    for h in plan.instances:  # header-only size checks before the shard buffer is allocated
+        try:
+            pixels.check_size(h, max_bytes)
+        except DicomflowError as exc:
+            raise StackFailed(h, str(exc)) from exc
+    channels = 3 if plan.dtype == "uint8" else 1
+    writer = VolumeWriter(uri, choose_layout(plan.n_slices, first.rows, first.columns, plan.dtype, channels), attributes)
+    rows: list[dict[str, Any]] = []
+    for h in plan.instances:
+        try:
+            with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+                frames = pixels.decode(fp, h, max_bytes)
+            frames = pixels.to_stored(frames, plan.dtype)
+        except FileNotFoundError as exc:
+            raise StackFailed(h, f"source disappeared: {exc}") from exc
+        except StorageError:
+            raise
+        except DicomflowError as exc:
+            raise StackFailed(h, str(exc)) from exc
+        ipp = h.image_position or (None, None, None)
+        for f, plane in enumerate(frames):
+            rows.append({"z_index": len(rows), "sop_instance_uid": h.sop_instance_uid,
+                         "instance_number": h.instance_number, "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2],
+                         "source_uri": h.source_uri, "pixel_md5": writer.append(plane), "frame_index": f})
+    writer.close()
+    return rows
+
+
+def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
+    return {**dicom, "status": schemas.CONVERTED, "reason": "",
+            "zarr_uri": schemas.zarr_uri(settings.output, plan.series_key),
+            "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
+            "n_source_files": len(plan.instances),
+            "provenance": {"pipeline_version": PIPELINE_VERSION, "input_fingerprint": plan.fingerprint(),
+                           "source_count": len(plan.instances)}}
+
+
+def _converted_rows(plan: StackPlan) -> list[dict[str, Any]]:
+    step = plan.frames_per_instance
+    return [schemas.instance_row(h.source_uri, schemas.CONVERTED, "", h.sop_instance_uid, h.series_instance_uid,
+                                 plan.series_key, z * step) for z, h in enumerate(plan.instances)]
+
+
+def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any] | None:
+    uri = schemas.series_json_uri(settings.output, plan.series_key)
+    if settings.overwrite or not storage.exists(uri):
+        return None
+    record = json.loads(storage.read_bytes(uri))
+    if record.get("provenance", {}).get("input_fingerprint") != plan.fingerprint():
+        return None
+    return record
+
+
+def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) -> StackResult:
+    storage.remove_tree(schemas.zarr_uri(settings.output, plan.series_key))
+    dicom = dicom_attributes(plan)
+    record = {**dicom, "status": schemas.FAILED, "reason": f"{failure.reason} ({failure.header.source_uri})",
+              "zarr_uri": None, "n_source_files": len(plan.instances)}
+    instances = [
+        schemas.instance_row(h.source_uri, schemas.FAILED,
+                             failure.reason if h is failure.header else f"stack not converted: {failure.header.source_uri} failed",
+                             h.sop_instance_uid, h.series_instance_uid, plan.series_key)
+        for h in plan.instances
+    ]
+    return StackResult(schemas.series_row(record), instances)
+
+
+def convert_stack(plan: StackPlan, settings: ConvertSettings) -> StackResult:
+    """Write (or reuse, when committed with the same inputs) one stack's volume, CSV and JSON."""
+    committed = _load_committed(plan, settings)
+    if committed is not None:
+        return StackResult(schemas.series_row(committed), _converted_rows(plan), reused=True)
+    out = settings.output
+    zarr_uri = schemas.zarr_uri(out, plan.series_key)
+    json_uri = schemas.series_json_uri(out, plan.series_key)
+    if storage.exists(json_uri):  # stale commit: un-commit first so a crash cannot leave it valid
+        storage.remove_tree(json_uri)
+    storage.remove_tree(zarr_uri)
+    dicom = dicom_attributes(plan)
+    try:
+        slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom}, settings.max_pixel_bytes)
+    except StackFailed as failure:
+        return _failed(plan, failure, settings)
+    written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
+    record = _record(plan, settings, dicom)
+    written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
+    written += storage.tree_size(zarr_uri)
+    return StackResult(schemas.series_row(record), _converted_rows(plan), written, slices=slices)
+
+
+def exclusion_rows(plan: SeriesPlan) -> list[dict[str, Any]]:
+    """Instance rows for duplicates and other exclusions of a series plan."""
+    return [schemas.instance_row(e.header.source_uri, e.status, e.reason, e.header.sop_instance_uid,
+                                 e.header.series_instance_uid) for e in plan.exclusions]

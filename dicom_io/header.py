@@ -1,0 +1,226 @@
+"""Header-only reading: one small, picklable record per file, never the pixel data.
+
+The record is what crosses the shuffle, so it holds only what grouping, ordering, dtype
+choice and the output tables need (a few hundred bytes per instance).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+from pydicom.valuerep import PersonName
+
+from dicom_io.errors import HeaderError, NoPixelDataError, NotDicomError
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
+PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+
+# Series-level tags carried into series JSON, Zarr attributes and the summary table.
+SERIES_TAGS: tuple[str, ...] = (
+    "PatientID", "PatientSex", "PatientAge", "StudyInstanceUID", "SeriesInstanceUID",
+    "StudyDate", "SeriesDate", "Modality", "Manufacturer", "ManufacturerModelName",
+    "BodyPartExamined", "SeriesDescription", "SeriesNumber", "Rows", "Columns", "PixelSpacing",
+    "SliceThickness", "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter",
+    "WindowWidth", "ConvolutionKernel", "KVP", "PhotometricInterpretation", "AccessionNumber",
+    "FrameOfReferenceUID",
+)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What one DICOM file says about itself, minus the pixels."""
+
+    source_uri: str
+    size_bytes: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    instance_number: int | None
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    rows: int
+    columns: int
+    number_of_frames: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    rescale_slope: float
+    rescale_intercept: float
+    echo_number: int | None = None
+    echo_time: float | None = None
+    temporal_position: int | None = None
+    trigger_time: float | None = None
+    acquisition_number: int | None = None
+    diffusion_b_value: float | None = None
+    pixel_element: str | None = None
+    series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_localizer(self) -> bool:
+        """(0008,0008) ImageType names LOCALIZER, SCOUT or TOPOGRAM."""
+        return any(value.upper() in LOCALIZER_TYPES for value in self.image_type)
+
+
+def json_value(value: Any) -> Any:
+    """A pydicom element value as plain JSON (lists for multi-valued, str for names)."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float):  # DSfloat is a float subclass
+        return float(value)
+    if isinstance(value, int):  # IS is an int subclass
+        return int(value)
+    if value is None:
+        return None
+    return str(value)
+
+
+def _num(ds: pydicom.Dataset, keyword: str, cast: type, default: Any = None) -> Any:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+        if value is None:
+            return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword, None)
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def _b_value(ds: pydicom.Dataset) -> float | None:
+    if "DiffusionBValue" in ds:
+        return _num(ds, "DiffusionBValue", float)
+    for tag in (0x0019100C, 0x0043039F):  # Siemens / GE private b-value
+        if tag in ds:
+            try:
+                raw = ds[tag].value
+                return float(raw[0] if isinstance(raw, (list, MultiValue)) else raw)
+            except (TypeError, ValueError, IndexError):
+                return None
+    return None
+
+
+def _parse(fp: IO[bytes], uri: str) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(fp, stop_before_pixels=True, defer_size="64 KB")
+    except InvalidDicomError:
+        fp.seek(0)  # no preamble: accept only if forced reading finds real elements
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise NotDicomError(f"not dicom: {type(exc).__name__}: {exc}") from exc
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size="64 KB", force=True)
+    except Exception as exc:
+        raise NotDicomError(f"not dicom: no DICM prefix and unreadable ({exc})") from exc
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        raise NotDicomError("not dicom: no DICM prefix and no SOP Common elements")
+    return ds
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None) or {}
+    uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+    return UID(str(uid)).name if uid else "no SOP class"
+
+
+def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> str | None:
+    """Peek the tag where header reading stopped: which pixel element, if any, follows."""
+    meta = getattr(ds, "file_meta", None) or {}
+    if meta.get("TransferSyntaxUID") == DEFLATED:  # the stream is compressed: no raw peek possible
+        fp.seek(0)
+        full = pydicom.dcmread(fp, force=True)
+        return next((name for name in PIXEL_TAGS.values() if name in full), None)
+    head = fp.read(4)
+    if len(head) < 4:
+        return None
+    little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
+    group, elem = struct.unpack("<HH" if little else ">HH", head)
+    return PIXEL_TAGS.get((group << 16) | elem)
+
+
+def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
+    """Parse the header of one file; raise NotDicomError / NoPixelDataError with the reason."""
+    if size_bytes == 0:
+        raise NotDicomError("not dicom: empty file")
+    ds = _parse(fp, uri)
+    pixel_element = _pixel_element(fp, ds)
+    if pixel_element is None and len(ds) == 0:
+        raise NotDicomError(f"not dicom: truncated or empty dataset (no elements after file meta, {size_bytes} bytes)")
+    if pixel_element is None:
+        raise NoPixelDataError(f"no pixel data ({_sop_class_name(ds)})")
+    try:
+        return header_from_dataset(ds, uri, size_bytes, pixel_element)
+    except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
+        raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc
+
+
+def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
+    """Build the small record from an already parsed dataset."""
+    meta = getattr(ds, "file_meta", None)
+    tsuid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    image_type = tuple(str(v) for v in (ds.get("ImageType") or ()))
+    if isinstance(ds.get("ImageType"), str):
+        image_type = (str(ds.ImageType),)
+    tags = {kw: json_value(ds.get(kw)) for kw in SERIES_TAGS if kw in ds}
+    return InstanceHeader(
+        source_uri=uri,
+        size_bytes=size_bytes,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+        transfer_syntax_uid=tsuid,
+        modality=str(ds.get("Modality", "") or ""),
+        image_type=image_type,
+        instance_number=_num(ds, "InstanceNumber", int),
+        image_position=_floats(ds, "ImagePositionPatient", 3),
+        image_orientation=_floats(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=_floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2),
+        rows=_num(ds, "Rows", int, 0),
+        columns=_num(ds, "Columns", int, 0),
+        number_of_frames=max(1, _num(ds, "NumberOfFrames", int, 1) or 1),
+        samples_per_pixel=_num(ds, "SamplesPerPixel", int, 1),
+        photometric=str(ds.get("PhotometricInterpretation", "") or ""),
+        bits_allocated=_num(ds, "BitsAllocated", int, 16),
+        bits_stored=_num(ds, "BitsStored", int, _num(ds, "BitsAllocated", int, 16)),
+        pixel_representation=_num(ds, "PixelRepresentation", int, 0),
+        rescale_slope=_num(ds, "RescaleSlope", float, 1.0),
+        rescale_intercept=_num(ds, "RescaleIntercept", float, 0.0),
+        echo_number=_num(ds, "EchoNumbers", int),
+        echo_time=_num(ds, "EchoTime", float),
+        temporal_position=_num(ds, "TemporalPositionIdentifier", int),
+        trigger_time=_num(ds, "TriggerTime", float),
+        acquisition_number=_num(ds, "AcquisitionNumber", int),
+        diffusion_b_value=_b_value(ds),
+        pixel_element=pixel_element,
+        series_tags=tags,
+    )

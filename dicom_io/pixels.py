@@ -1,0 +1,83 @@
+"""Pixel decoding: pydicom 3 decoders (pylibjpeg plugins, GDCM fallback) + modality LUT.
+
+pydicom tries each installed plugin for a transfer syntax in turn, so GDCM covers what the
+pylibjpeg plugins do not (12-bit JPEG extended, for one).
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.uid import UID
+
+from dicom_io.errors import DecodeError, InconsistentSeriesError, PixelBombError
+from dicom_io.header import InstanceHeader
+
+DEFAULT_MAX_PIXEL_BYTES = 4 * 1024**3  # 4 GiB decoded per instance
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+def declared_bytes(h: InstanceHeader) -> int:
+    """Decoded size (0028,0010) Rows x (0028,0011) Columns x frames x samples x bytes."""
+    return h.rows * h.columns * h.number_of_frames * h.samples_per_pixel * max(1, h.bits_allocated // 8)
+
+
+def syntax_name(tsuid: str) -> str:
+    """Human name of a transfer syntax UID (the UID itself when unknown)."""
+    name = UID(tsuid).name if tsuid else "unknown transfer syntax"
+    return name or tsuid
+
+
+def check_size(h: InstanceHeader, max_bytes: int) -> None:
+    """Refuse, before any allocation, pixel data larger than allowed or than the file holds."""
+    if h.rows <= 0 or h.columns <= 0:
+        raise DecodeError(f"invalid image: (0028,0010) Rows x (0028,0011) Columns is {h.rows} x {h.columns}")
+    size = declared_bytes(h)
+    if size > max_bytes:
+        raise PixelBombError(f"pixel data too large: header declares {size} bytes decoded (limit {max_bytes})")
+    if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and size > h.size_bytes:
+        raise DecodeError(f"decode error: pixel data shorter than declared ({h.size_bytes} byte file, {size} declared)")
+
+
+def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
+    """Frames of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU)."""
+    check_size(h, max_bytes)
+    try:
+        ds = pydicom.dcmread(fp)
+        arr = ds.pixel_array
+        if h.photometric == "PALETTE COLOR":
+            arr = _palette_to_rgb8(apply_color_lut(arr, ds))
+        elif h.samples_per_pixel == 1:
+            arr = apply_modality_lut(arr, ds)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError, ...
+        raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(exc).__name__}: {exc}") from exc
+    colour = arr.ndim == (4 if h.number_of_frames > 1 else 3)
+    if h.number_of_frames == 1 or (not colour and arr.ndim == 2):
+        arr = arr[np.newaxis]
+    expected = (h.number_of_frames, h.rows, h.columns) + ((3,) if colour else ())
+    if arr.shape != expected:
+        raise InconsistentSeriesError(f"decoded shape {arr.shape} differs from header {expected}")
+    return arr
+
+
+def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
+    """(0028,1101-1103) LUT entries may be 16 bit: keep the 8 most significant bits."""
+    if rgb.dtype.itemsize > 1:
+        return (rgb >> (8 * rgb.dtype.itemsize - 8)).astype(np.uint8)
+    return rgb
+
+
+def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast rescaled values to the volume dtype, refusing any value the cast would change."""
+    target = np.dtype(dtype)
+    if arr.dtype == target:
+        return arr
+    out = arr.astype(target)
+    if target.kind in "iu" and not np.array_equal(out, arr):
+        raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+    return out

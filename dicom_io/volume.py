@@ -1,0 +1,118 @@
+"""Streaming Zarr v3 volume writer: slab by slab, one shard at a time, never the whole series.
+
+Layout: a group with array "0" (z, y, x[, c]); Blosc zstd + bitshuffle inner chunks inside
+shards of up to SHARD_DEPTH slices, so a 1000-slice series is ~16 objects and peak memory is
+one shard (32 MB for 512x512 int16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from dicom_io import storage
+
+ARRAY_NAME = "0"
+SHARD_DEPTH = 64
+SHARD_MAX_BYTES = 64 * 1024 * 1024  # one shard is the writer's buffer: bounds its memory
+CHUNK_DEPTH = 16
+CHUNK_EDGE = 256
+
+
+@dataclass(frozen=True)
+class VolumeLayout:
+    """Shape, dtype, inner chunk and shard shapes of one volume array."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...]
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        return ("z", "y", "x", "c")[: len(self.shape)] if len(self.shape) == 4 else ("z", "y", "x")
+
+
+def choose_layout(n_slices: int, rows: int, cols: int, dtype: str, channels: int = 1) -> VolumeLayout:
+    """Shards are (<=64 slices, full plane); chunks (16, <=256, <=256) for 2D and 3D patch reads."""
+    plane_bytes = rows * cols * channels * np.dtype(dtype).itemsize
+    depth = max(1, min(SHARD_DEPTH, n_slices, SHARD_MAX_BYTES // max(1, plane_bytes)))
+    chunk_depth = max(1, min(CHUNK_DEPTH, depth))
+    while depth % chunk_depth:
+        chunk_depth -= 1
+    ch_r = _divisor_at_most(rows, CHUNK_EDGE)
+    ch_c = _divisor_at_most(cols, CHUNK_EDGE)
+    extra = (channels,) if channels > 1 else ()
+    return VolumeLayout(
+        shape=(n_slices, rows, cols) + extra,
+        dtype=dtype,
+        chunks=(chunk_depth, ch_r, ch_c) + extra,
+        shards=(depth, rows, cols) + extra,
+    )
+
+
+def _divisor_at_most(size: int, limit: int) -> int:
+    """Largest divisor of `size` not above `limit` (sharding needs chunks that tile a shard)."""
+    if size <= limit:
+        return size
+    for d in range(limit, 0, -1):
+        if size % d == 0 and d >= limit // 4:
+            return d
+    return size
+
+
+def slice_md5(plane: np.ndarray) -> str:
+    """MD5 of one slice as stored in the volume: C order, little-endian bytes."""
+    le = plane.astype(plane.dtype.newbyteorder("<"), copy=False)
+    return hashlib.md5(np.ascontiguousarray(le).tobytes()).hexdigest()
+
+
+class VolumeWriter:
+    """Write a volume's slices in z order, flushing one full shard at a time."""
+
+    def __init__(self, uri: str, layout: VolumeLayout, attributes: dict[str, Any]):
+        self.uri = uri
+        self.layout = layout
+        group = zarr.open_group(storage.zarr_store(uri), mode="w", zarr_format=3)
+        group.attrs.update(attributes)
+        self._array = group.create_array(
+            ARRAY_NAME,
+            shape=layout.shape,
+            dtype=layout.dtype,
+            chunks=layout.chunks,
+            shards=layout.shards,
+            compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),
+            fill_value=0,
+            dimension_names=layout.dimension_names,
+        )
+        self._slab = np.zeros(layout.shards, dtype=layout.dtype)
+        self._filled = 0
+        self._z0 = 0
+
+    def append(self, plane: np.ndarray) -> str:
+        """Add the next slice; returns its MD5 as stored."""
+        self._slab[self._filled] = plane
+        digest = slice_md5(self._slab[self._filled])
+        self._filled += 1
+        if self._filled == self._slab.shape[0]:
+            self._flush()
+        return digest
+
+    def _flush(self) -> None:
+        if self._filled:
+            self._array[self._z0 : self._z0 + self._filled] = self._slab[: self._filled]
+            self._z0 += self._filled
+            self._filled = 0
+
+    def close(self) -> int:
+        """Write the last partial shard; refuse if fewer slices came than the shape declares."""
+        self._flush()
+        if self._z0 != self.layout.shape[0]:
+            raise RuntimeError(f"{self.uri}: wrote {self._z0} slices of {self.layout.shape[0]}")
+        self._slab = np.zeros(0)
+        return self._z0

@@ -1,0 +1,68 @@
+"""The convert job: DICOM files -> Zarr v3 volumes, slice CSVs, series JSON and summary Parquet.
+
+    python -m pipelines.convert --input INPUT --output OUT [--overwrite] [any Beam option]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from dicom_io.convert import ConvertSettings
+from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
+from pipelines.report import print_counters, print_summary
+from transforms.convert import ConvertToVolumes
+from transforms.tables import WriteSummaryTables
+
+
+class ConvertOptions(PipelineOptions):
+    """Options of pipelines.convert (every other flag goes to Beam)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", required=True,
+                            help="Folder or gs:// prefix (recursive), glob, or .csv/.parquet manifest")
+        parser.add_argument("--output", required=True, help="Output root (local path or gs://)")
+        parser.add_argument("--manifest_column", default="uri", help="Manifest column holding file URIs")
+        parser.add_argument("--overwrite", action="store_true", help="Rewrite series already committed")
+        parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
+                            help="Refuse instances whose decoded pixels would exceed this many bytes")
+        parser.add_argument("--table_shards", type=int, default=1,
+                            help="Files per summary table (0 lets the runner choose)")
+
+
+def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
+    """Attach the convert graph to `pipeline`; returns the written table PCollections."""
+    settings = ConvertSettings(output=opts.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes)
+    tables = pipeline | "Convert" >> ConvertToVolumes(
+        input_uri=opts.input, settings=settings, manifest_column=opts.manifest_column)
+    return tables | "WriteSummary" >> WriteSummaryTables(opts.output, opts.table_shards)
+
+
+def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
+    """Parse options, run the job to completion, print counters and the summary."""
+    options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    standard.runner = standard.runner or "DirectRunner"
+    opts = options.view_as(ConvertOptions)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print_counters(result)
+    if standard.runner in ("DirectRunner", "direct"):
+        print_summary(opts.output)
+    return result
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    run(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

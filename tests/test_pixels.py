@@ -1,0 +1,58 @@
+import dataclasses
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+
+from dicom_io import pixels
+from dicom_io.errors import DecodeError, InconsistentSeriesError, PixelBombError
+from dicom_io.header import read_header
+
+
+def _decode(name):
+    path = get_testdata_file(name, download=False)
+    with open(path, "rb") as fp:
+        h = read_header(fp, path, os.path.getsize(path))
+    with open(path, "rb") as fp:
+        return h, pixels.decode(fp, h)
+
+
+def test_ct_is_in_hounsfield_units():
+    h, arr = _decode("CT_small.dcm")
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    assert arr.shape == (1, 128, 128)
+    assert np.array_equal(arr[0], apply_modality_lut(ds.pixel_array, ds))
+
+
+@pytest.mark.parametrize("compressed,plain", [
+    ("MR_small_RLE.dcm", "MR_small.dcm"),
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+    ("SC_rgb_rle.dcm", "SC_rgb.dcm"),
+    ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),
+    ("emri_small_big_endian.dcm", "emri_small.dcm"),
+])
+def test_lossless_encodings_decode_to_their_uncompressed_twin(compressed, plain):
+    _, a = _decode(compressed)
+    _, b = _decode(plain)
+    assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_bomb_is_refused_before_decoding():
+    h, _ = _decode("CT_small.dcm")
+    bomb = dataclasses.replace(h, rows=65535, columns=65535, number_of_frames=1000)
+    with pytest.raises(PixelBombError, match="too large"):
+        pixels.check_size(bomb, pixels.DEFAULT_MAX_PIXEL_BYTES)
+    short = dataclasses.replace(h, rows=4096, columns=4096)  # uncompressed, more than the file holds
+    with pytest.raises(DecodeError, match="shorter than declared"):
+        pixels.check_size(short, pixels.DEFAULT_MAX_PIXEL_BYTES)
+
+
+def test_cast_refuses_values_that_do_not_fit():
+    assert pixels.to_stored(np.array([1.0, -2.0]), "int16").dtype == np.int16
+    with pytest.raises(InconsistentSeriesError):
+        pixels.to_stored(np.array([1.5]), "int16")
+    with pytest.raises(InconsistentSeriesError):
+        pixels.to_stored(np.array([70000.0]), "int16")

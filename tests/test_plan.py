@@ -1,0 +1,76 @@
+import dataclasses
+
+from dicom_io import geometry
+from dicom_io.header import InstanceHeader
+from dicom_io.plan import choose_dtype, drop_duplicates, plan_series
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+BASE = InstanceHeader(
+    source_uri="", size_bytes=1000, sop_instance_uid="", series_instance_uid="1.2.3", study_instance_uid="1.2",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT",
+    image_type=("ORIGINAL", "PRIMARY", "AXIAL"), instance_number=None, image_position=None,
+    image_orientation=AXIAL, pixel_spacing=(0.5, 0.5), rows=8, columns=8, number_of_frames=1,
+    samples_per_pixel=1, photometric="MONOCHROME2", bits_allocated=16, bits_stored=12, pixel_representation=1,
+    rescale_slope=1.0, rescale_intercept=-1024.0, pixel_element="PixelData",
+)
+
+
+def header(i, z, **changes):
+    fields = {"source_uri": f"/d/{i:03d}", "sop_instance_uid": f"1.2.3.{i}", "instance_number": i,
+              "image_position": (0.0, 0.0, float(z)), **changes}
+    return dataclasses.replace(BASE, **fields)
+
+
+def test_duplicate_sop_uid_keeps_first_uri_and_records_the_other():
+    a, b = header(1, 0), dataclasses.replace(header(1, 0), source_uri="/d/zzz")
+    kept, excluded = drop_duplicates([b, a])
+    assert [h.source_uri for h in kept] == ["/d/001"]
+    assert excluded[0].header.source_uri == "/d/zzz" and excluded[0].status == "skipped"
+    assert excluded[0].reason.startswith("duplicate")
+
+
+def test_single_regular_stack_in_position_order():
+    headers = [header(i, z) for i, z in enumerate([5, 0, 10, 2.5, 7.5])]
+    plan = plan_series("1.2.3", headers)
+    assert len(plan.stacks) == 1
+    stack = plan.stacks[0]
+    assert [h.image_position[2] for h in stack.instances] == [0, 2.5, 5, 7.5, 10]
+    assert stack.ordering.geometry == geometry.REGULAR and stack.split_by == ()
+    assert stack.series_key.endswith("_s00") and stack.dtype == "int16"
+
+
+def test_echoes_split_into_stacks_named_by_echo():
+    headers = [header(i, i % 4, echo_number=1 + i // 4, echo_time=10.0 + 70 * (i // 4)) for i in range(8)]
+    plan = plan_series("1.2.3", headers)
+    assert [s.stack_attributes for s in plan.stacks] == [{"echo": 1}, {"echo": 2}]
+    assert all(s.split_by == ("echo",) and s.ordering.geometry == geometry.REGULAR for s in plan.stacks)
+    assert len({s.series_key for s in plan.stacks}) == 2
+
+
+def test_orientations_split_and_repeats_split_by_acquisition():
+    axial = [header(i, i, acquisition_number=1 + i // 3) for i in range(3)]
+    again = [header(10 + i, i, acquisition_number=2) for i in range(3)]
+    coronal = [header(20 + i, 0, image_orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+                      image_position=(0.0, float(i), 0.0)) for i in range(3)]
+    plan = plan_series("1.2.3", axial + again + coronal)
+    assert len(plan.stacks) == 3
+    assert set(plan.stacks[0].split_by) == {"orientation", "acquisition_number"}
+    assert all(len(s.instances) == 3 for s in plan.stacks)
+
+
+def test_dtype_int16_only_when_every_value_fits():
+    assert choose_dtype([header(1, 0)]) == "int16"
+    assert choose_dtype([header(1, 0, rescale_slope=0.5)]) == "float32"
+    assert choose_dtype([header(1, 0, bits_stored=16, pixel_representation=0, rescale_intercept=0.0)]) == "float32"
+    assert choose_dtype([header(1, 0, bits_stored=12, pixel_representation=0, rescale_intercept=0.0)]) == "int16"
+    assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB")]) == "uint8"
+    # PET: per-slice slopes, one non-integer slope makes the whole stack float32
+    assert choose_dtype([header(1, 0), header(2, 1, rescale_slope=1.7)]) == "float32"
+
+
+def test_plan_is_deterministic_whatever_the_input_order():
+    headers = [header(i, z) for i, z in enumerate([3, 1, 2, 0])]
+    a = plan_series("1.2.3", headers)
+    b = plan_series("1.2.3", list(reversed(headers)))
+    assert a.stacks[0].instances == b.stacks[0].instances
+    assert a.stacks[0].fingerprint() == b.stacks[0].fingerprint()

@@ -1,0 +1,1 @@
+"""Composite PTransforms of dicomflow: they only wire dicom_io functions together."""

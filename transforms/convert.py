@@ -1,0 +1,28 @@
+"""The convert job as one composite: ListInputs | ReadHeaders | DropLocalizers | ConvertSeries."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from dicom_io.convert import ConvertSettings
+from transforms.headers import DropLocalizers, ReadHeaders
+from transforms.inputs import ListInputs
+from transforms.series import ConvertSeries
+
+
+class ConvertToVolumes(beam.PTransform):
+    """PBegin -> {"series": series rows, "instances": one instance row per input file}."""
+
+    def __init__(self, *, input_uri: str, settings: ConvertSettings, manifest_column: str = "uri"):
+        super().__init__()
+        self._input_uri = input_uri
+        self._settings = settings
+        self._manifest_column = manifest_column
+
+    def expand(self, pbegin):
+        files = pbegin | "ListInputs" >> ListInputs(self._input_uri, self._manifest_column)
+        headers = files | "ReadHeaders" >> ReadHeaders()
+        routed = headers["headers"] | "DropLocalizers" >> DropLocalizers()
+        converted = routed["images"] | "ConvertSeries" >> ConvertSeries(self._settings)
+        instances = (headers["rejected"], routed["dropped"], converted["instances"]) | "AllInstances" >> beam.Flatten()
+        return {"series": converted["series"], "instances": instances}

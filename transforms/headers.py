@@ -1,0 +1,75 @@
+"""Read headers (no pixels) and route what cannot become a volume slice to instance rows."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from dicom_io import schemas, storage
+from dicom_io.errors import DicomflowError, NoPixelDataError
+from dicom_io.header import InstanceHeader, read_header
+
+NAMESPACE = "dicomflow"
+
+
+class ReadHeaderFn(beam.DoFn):
+    """(uri, size) -> InstanceHeader; unreadable files -> tagged instance rows with the reason."""
+
+    REJECTED = "rejected"
+
+    def setup(self):
+        self.read = Metrics.counter(NAMESPACE, "files_read")
+        self.failed = Metrics.counter(NAMESPACE, "files_failed")
+        self.skipped = Metrics.counter(NAMESPACE, "files_skipped")
+
+    def process(self, element: tuple[str, int | None]):
+        uri, size = element
+        self.read.inc()
+        try:
+            size = storage.size_of(uri) if size is None else size
+            with storage.open_read(uri) as fp:
+                yield read_header(fp, uri, size)
+        except NoPixelDataError as exc:
+            self.skipped.inc()
+            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.SKIPPED, str(exc)))
+        except FileNotFoundError as exc:
+            self.failed.inc()
+            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.FAILED, f"source disappeared: {exc}"))
+        except (DicomflowError, OSError) as exc:
+            self.failed.inc()
+            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.FAILED, str(exc)))
+
+
+class RouteInstancesFn(beam.DoFn):
+    """Drop localizers by (0008,0008) ImageType, each as an instance row with the reason."""
+
+    DROPPED = "dropped"
+
+    def setup(self):
+        self.localizers = Metrics.counter(NAMESPACE, "localizers_skipped")
+
+    def process(self, h: InstanceHeader):
+        if h.is_localizer:
+            self.localizers.inc()
+            reason = "localizer: ImageType " + "\\".join(h.image_type)
+            yield TaggedOutput(self.DROPPED, schemas.instance_row(
+                h.source_uri, schemas.SKIPPED, reason, h.sop_instance_uid, h.series_instance_uid))
+        else:
+            yield h
+
+
+class ReadHeaders(beam.PTransform):
+    """(uri, size) -> {"headers": InstanceHeader, "rejected": instance rows}."""
+
+    def expand(self, files):
+        results = files | "ParseHeader" >> beam.ParDo(ReadHeaderFn()).with_outputs(ReadHeaderFn.REJECTED, main="headers")
+        return {"headers": results.headers, "rejected": results[ReadHeaderFn.REJECTED]}
+
+
+class DropLocalizers(beam.PTransform):
+    """InstanceHeader -> {"images": InstanceHeader, "dropped": instance rows}."""
+
+    def expand(self, headers):
+        results = headers | "Route" >> beam.ParDo(RouteInstancesFn()).with_outputs(RouteInstancesFn.DROPPED, main="images")
+        return {"images": results.images, "dropped": results[RouteInstancesFn.DROPPED]}

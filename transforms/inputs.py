@@ -1,0 +1,43 @@
+"""List the files behind --input: Beam's MatchFiles for folders, prefixes and globs; manifests read on a worker."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+
+from dicom_io.inputs import expand_manifests, read_manifest, resolve_input
+
+
+def _from_metadata(metadata) -> tuple[str, int | None]:
+    return metadata.path, metadata.size_in_bytes
+
+
+def _without_size(uri: str) -> tuple[str, int | None]:
+    return uri, None
+
+
+class ListInputs(beam.PTransform):
+    """PCollection of (uri, size or None), one per input file, spread across workers."""
+
+    def __init__(self, input_uri: str, manifest_column: str = "uri"):
+        super().__init__()
+        self._input_uri = input_uri
+        self._manifest_column = manifest_column
+
+    def expand(self, pbegin):
+        spec = resolve_input(self._input_uri)
+        if spec.kind == "manifest":
+            listed = (
+                pbegin
+                | "ManifestPattern" >> beam.Create([spec.pattern])
+                | "ExpandManifests" >> beam.FlatMap(expand_manifests)
+                | "ReadManifest" >> beam.FlatMap(read_manifest, column=self._manifest_column)
+                | "WithoutSize" >> beam.Map(_without_size)
+            )
+        else:
+            listed = (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(spec.pattern)
+                | "PathAndSize" >> beam.Map(_from_metadata)
+            )
+        return listed | "Spread" >> beam.Reshuffle()

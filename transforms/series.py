@@ -1,0 +1,77 @@
+"""Group headers by SeriesInstanceUID and turn each series into volumes (pixels read here only)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows
+from dicom_io.header import InstanceHeader
+from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
+from transforms.headers import NAMESPACE
+
+
+def series_uid_of(h: InstanceHeader) -> tuple[str, InstanceHeader]:
+    """Group key: (0020,000E) SeriesInstanceUID; an instance without one is a series of its own."""
+    return h.series_instance_uid or f"{MISSING_SERIES_PREFIX}{h.source_uri}", h
+
+
+class ConvertSeriesFn(beam.DoFn):
+    """(SeriesInstanceUID, headers) -> series rows (main) and instance rows (tagged)."""
+
+    INSTANCES = "instances"
+
+    def __init__(self, settings: ConvertSettings):
+        super().__init__()
+        self._settings = settings
+
+    def setup(self):
+        self.converted = Metrics.counter(NAMESPACE, "series_converted")
+        self.reused = Metrics.counter(NAMESPACE, "series_reused")
+        self.failed = Metrics.counter(NAMESPACE, "series_failed")
+        self.duplicates = Metrics.counter(NAMESPACE, "files_skipped")
+        self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
+
+    def process(self, element: tuple[str, list[InstanceHeader]]):
+        series_uid, headers = element
+        try:
+            plan = plan_series(series_uid, headers)
+            for row in exclusion_rows(plan):
+                self.duplicates.inc()
+                yield TaggedOutput(self.INSTANCES, row)
+            for stack in plan.stacks:
+                result = convert_stack(stack, self._settings)
+                self._count(result)
+                yield result.series
+                for row in result.instances:
+                    yield TaggedOutput(self.INSTANCES, row)
+        except Exception as exc:
+            raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
+
+    def _count(self, result) -> None:
+        if result.series["status"] != "converted":
+            self.failed.inc()
+        elif result.reused:
+            self.reused.inc()
+        else:
+            self.converted.inc()
+        self.bytes_written.inc(result.bytes_written)
+
+
+class ConvertSeries(beam.PTransform):
+    """InstanceHeader -> {"series": series rows, "instances": instance rows}."""
+
+    def __init__(self, settings: ConvertSettings):
+        super().__init__()
+        self._settings = settings
+
+    def expand(self, headers):
+        results = (
+            headers
+            | "KeyBySeries" >> beam.Map(series_uid_of)
+            | "GroupBySeries" >> beam.GroupByKey()
+            | "AssembleVolumes" >> beam.ParDo(ConvertSeriesFn(self._settings)).with_outputs(
+                ConvertSeriesFn.INSTANCES, main="series")
+        )
+        return {"series": results.series, "instances": results[ConvertSeriesFn.INSTANCES]}
