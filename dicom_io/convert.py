@@ -74,7 +74,7 @@ def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
         "stack_attributes": plan.stack_attributes,
         "modality": first.modality,
         "n_slices": plan.n_slices,
-        "shape": [plan.n_slices, first.rows, first.columns] + ([3] if plan.dtype == "uint8" else []),
+        "shape": [plan.n_slices, first.rows, first.columns] + ([3] if plan.colour else []),
         "dtype": plan.dtype,
         "spacing": spacing_zyx(plan),
         "affine_lps": affine,
@@ -91,7 +91,7 @@ def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
 
 def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
     """OME-Zarr 0.5 `multiscales` (z, y, x in mm). Omitted for colour: NGFF forbids a trailing c axis."""
-    if plan.dtype == "uint8":
+    if plan.colour:
         return {}
     z, y, x = dicom["spacing"]
     if z is None and plan.ordering.step_vector:  # mean step for viewers; `dicom.spacing` stays null
@@ -119,7 +119,7 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_byt
             pixels.check_size(h, max_bytes)
         except DicomflowError as exc:
             raise StackFailed(h, str(exc)) from exc
-    channels = 3 if plan.dtype == "uint8" else 1
+    channels = 3 if plan.colour else 1
     writer = VolumeWriter(uri, choose_layout(plan.n_slices, first.rows, first.columns, plan.dtype, channels), attributes)
     rows: list[dict[str, Any]] = []
     for h in plan.instances:

@@ -67,6 +67,7 @@ class InstanceHeader:
     acquisition_number: int | None = None
     diffusion_b_value: float | None = None
     pixel_element: str | None = None
+    modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -146,6 +147,17 @@ def _parse(fp: IO[bytes], uri: str) -> pydicom.Dataset:
     return ds
 
 
+def ensure_transfer_syntax(ds: pydicom.Dataset) -> str:
+    """(0002,0010) TransferSyntaxUID, inferred from how the dataset parsed when the meta lacks it."""
+    if not hasattr(ds, "file_meta") or ds.file_meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+    return str(ds.file_meta.TransferSyntaxUID)
+
+
 def _sop_class_name(ds: pydicom.Dataset) -> str:
     meta = getattr(ds, "file_meta", None) or {}
     uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
@@ -185,8 +197,7 @@ def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
 
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
     """Build the small record from an already parsed dataset."""
-    meta = getattr(ds, "file_meta", None)
-    tsuid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    tsuid = ensure_transfer_syntax(ds)
     image_type = tuple(str(v) for v in (ds.get("ImageType") or ()))
     if isinstance(ds.get("ImageType"), str):
         image_type = (str(ds.ImageType),)
@@ -222,5 +233,6 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         acquisition_number=_num(ds, "AcquisitionNumber", int),
         diffusion_b_value=_b_value(ds),
         pixel_element=pixel_element,
+        modality_lut_sequence="ModalityLUTSequence" in ds,
         series_tags=tags,
     )

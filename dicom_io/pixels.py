@@ -14,7 +14,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
 from dicom_io.errors import DecodeError, InconsistentSeriesError, PixelBombError
-from dicom_io.header import InstanceHeader
+from dicom_io.header import InstanceHeader, ensure_transfer_syntax
 
 DEFAULT_MAX_PIXEL_BYTES = 4 * 1024**3  # 4 GiB decoded per instance
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -46,7 +46,8 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
     """Frames of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU)."""
     check_size(h, max_bytes)
     try:
-        ds = pydicom.dcmread(fp)
+        ds = pydicom.dcmread(fp, force=True)  # header stage already accepted it as DICOM
+        ensure_transfer_syntax(ds)
         arr = ds.pixel_array
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))

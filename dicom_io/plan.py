@@ -49,6 +49,11 @@ class StackPlan:
         return self.instances[0]
 
     @property
+    def colour(self) -> bool:
+        """RGB/YBR (converted to RGB) or PALETTE COLOR: a trailing channel axis of 3."""
+        return self.first.samples_per_pixel > 1 or self.first.photometric in COLOUR_PHOTOMETRICS
+
+    @property
     def n_slices(self) -> int:
         return len(self.instances) * self.frames_per_instance
 
@@ -70,18 +75,36 @@ class SeriesPlan:
     exclusions: tuple[Exclusion, ...] = field(default=())
 
 
+# Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy.
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                            "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
+
+def duplicate_identity(h: InstanceHeader) -> tuple:
+    """Same (0008,0018) SOPInstanceUID *and* same pixel format and position: the same image.
+
+    Archives hold one SOP instance in several encodings (a copy, a re-compression); but a
+    shared UID with other frames or bit depth is a different image and is kept.
+    """
+    return (h.sop_instance_uid, h.rows, h.columns, h.number_of_frames, h.samples_per_pixel,
+            h.bits_allocated, h.pixel_representation, h.image_position)
+
+
 def drop_duplicates(headers: Iterable[InstanceHeader]) -> tuple[list[InstanceHeader], list[Exclusion]]:
-    """Keep one instance per (0008,0018) SOPInstanceUID (the first by URI); record the rest."""
-    kept: dict[str, InstanceHeader] = {}
+    """Keep one instance per duplicate identity, preferring a lossless encoding, then the first URI."""
+    kept: dict[tuple, InstanceHeader] = {}
     unique: list[InstanceHeader] = []
     excluded: list[Exclusion] = []
-    for h in sorted(headers, key=lambda h: (h.sop_instance_uid, h.source_uri)):
-        if h.sop_instance_uid and h.sop_instance_uid in kept:
-            reason = f"duplicate: same SOPInstanceUID as {kept[h.sop_instance_uid].source_uri}"
+    ranked = sorted(headers, key=lambda h: (repr(duplicate_identity(h)), h.transfer_syntax_uid in LOSSY_SYNTAXES,
+                                            h.source_uri))
+    for h in ranked:
+        identity = duplicate_identity(h)
+        if h.sop_instance_uid and identity in kept:
+            reason = f"duplicate: same SOPInstanceUID and pixel format as {kept[identity].source_uri}"
             excluded.append(Exclusion(h, "skipped", reason))
             continue
         if h.sop_instance_uid:
-            kept[h.sop_instance_uid] = h
+            kept[identity] = h
         unique.append(h)
     return unique, excluded
 
@@ -89,7 +112,7 @@ def drop_duplicates(headers: Iterable[InstanceHeader]) -> tuple[list[InstanceHea
 def _signature(h: InstanceHeader) -> dict[str, Any]:
     return {
         "orientation": geometry.orientation_key(h.image_orientation),
-        "shape": (h.rows, h.columns, h.samples_per_pixel),
+        "shape": (h.rows, h.columns, h.samples_per_pixel, h.bits_allocated),
         "echo": h.echo_number if h.echo_number is not None else h.echo_time,
         "temporal_position": h.temporal_position,
         "b_value": h.diffusion_b_value,
@@ -130,13 +153,15 @@ def _split_repeats(headers: list[InstanceHeader]) -> tuple[str | None, list[list
 def choose_dtype(headers: Sequence[InstanceHeader]) -> str:
     """int16 when every rescaled value the headers allow is an integer in int16, else float32.
 
-    Colour stays uint8. The range comes from (0028,0101) BitsStored and (0028,0103)
+    Colour keeps its sample size (uint8/16/32; palette expands to uint8). The range comes from (0028,0101) BitsStored and (0028,0103)
     PixelRepresentation with each instance's own (0028,1053) slope and (0028,1052) intercept.
     """
     first = headers[0]
-    if first.samples_per_pixel > 1 or first.photometric in COLOUR_PHOTOMETRICS:
+    if first.photometric == "PALETTE COLOR":
         return "uint8"
-    if any(h.pixel_element != "PixelData" for h in headers):
+    if first.samples_per_pixel > 1 or first.photometric in COLOUR_PHOTOMETRICS:
+        return f"uint{max(8, first.bits_allocated)}"
+    if any(h.pixel_element != "PixelData" or h.modality_lut_sequence for h in headers):
         return "float32"
     for h in headers:
         slope, intercept = h.rescale_slope, h.rescale_intercept

@@ -29,6 +29,20 @@ def test_duplicate_sop_uid_keeps_first_uri_and_records_the_other():
     assert excluded[0].reason.startswith("duplicate")
 
 
+def test_duplicate_resolution_prefers_a_lossless_encoding():
+    lossy = dataclasses.replace(header(1, 0), source_uri="/d/a_j2k_lossy", transfer_syntax_uid="1.2.840.10008.1.2.4.91")
+    plain = dataclasses.replace(header(1, 0), source_uri="/d/b_uncompressed")
+    kept, excluded = drop_duplicates([lossy, plain])
+    assert kept == [plain] and excluded[0].header == lossy
+
+
+def test_shared_sop_uid_with_other_pixel_format_is_not_a_duplicate():
+    eight = header(1, 0)
+    sixteen_frames = dataclasses.replace(header(1, 0), source_uri="/d/2frame", number_of_frames=2)
+    kept, excluded = drop_duplicates([eight, sixteen_frames])
+    assert len(kept) == 2 and not excluded
+
+
 def test_single_regular_stack_in_position_order():
     headers = [header(i, z) for i, z in enumerate([5, 0, 10, 2.5, 7.5])]
     plan = plan_series("1.2.3", headers)
@@ -63,7 +77,9 @@ def test_dtype_int16_only_when_every_value_fits():
     assert choose_dtype([header(1, 0, rescale_slope=0.5)]) == "float32"
     assert choose_dtype([header(1, 0, bits_stored=16, pixel_representation=0, rescale_intercept=0.0)]) == "float32"
     assert choose_dtype([header(1, 0, bits_stored=12, pixel_representation=0, rescale_intercept=0.0)]) == "int16"
-    assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB")]) == "uint8"
+    assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB", bits_allocated=8)]) == "uint8"
+    assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB", bits_allocated=16)]) == "uint16"
+    assert choose_dtype([header(1, 0, photometric="PALETTE COLOR")]) == "uint8"
     # PET: per-slice slopes, one non-integer slope makes the whole stack float32
     assert choose_dtype([header(1, 0), header(2, 1, rescale_slope=1.7)]) == "float32"
 
