@@ -38,6 +38,8 @@ def check_size(h: InstanceHeader, max_bytes: int) -> None:
     size = declared_bytes(h)
     if size > max_bytes:
         raise PixelBombError(f"pixel data too large: header declares {size} bytes decoded (limit {max_bytes})")
+    if h.photometric == "YBR_FULL_422":  # uncompressed 4:2:2 stores 2 samples per pixel, not 3
+        size = size * 2 // 3
     if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and size > h.size_bytes:
         raise DecodeError(f"decode error: pixel data shorter than declared ({h.size_bytes} byte file, {size} declared)")
 

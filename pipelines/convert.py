@@ -24,15 +24,25 @@ class ConvertOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", required=True,
-                            help="Folder or gs:// prefix (recursive), glob, or .csv/.parquet manifest")
-        parser.add_argument("--output", required=True, help="Output root (local path or gs://)")
+        # Not argparse-required: Beam parses every registered options class on every
+        # get_all_options() call, so a required flag here would break unrelated pipelines.
+        parser.add_argument("--input", help="Folder or gs:// prefix (recursive), glob, or .csv/.parquet manifest")
+        parser.add_argument("--output", help="Output root (local path or gs://)")
         parser.add_argument("--manifest_column", default="uri", help="Manifest column holding file URIs")
         parser.add_argument("--overwrite", action="store_true", help="Rewrite series already committed")
         parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
                             help="Refuse instances whose decoded pixels would exceed this many bytes")
         parser.add_argument("--table_shards", type=int, default=1,
                             help="Files per summary table (0 lets the runner choose)")
+
+
+def validate(opts: ConvertOptions) -> None:
+    """Refuse a run that cannot do what was asked, before any worker starts."""
+    missing = [f"--{name}" for name in ("input", "output") if not getattr(opts, name)]
+    if missing:
+        raise SystemExit(f"pipelines.convert: {' and '.join(missing)} required")
+    if opts.max_pixel_bytes <= 0:
+        raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
 
 
 def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
@@ -49,6 +59,7 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
     opts = options.view_as(ConvertOptions)
+    validate(opts)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts)
     result = pipeline.run()

@@ -17,7 +17,7 @@ RUNNER_ARGS = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory"]
 @pytest.fixture
 def pipeline():
     """A TestPipeline on the in-memory DirectRunner; `with pipeline as p:` runs it."""
-    return TestPipeline(runner="DirectRunner", options=PipelineOptions(["--direct_running_mode", "in_memory"]),
+    return TestPipeline(runner="DirectRunner", options=PipelineOptions(["--direct_running_mode", "in_memory"]), argv=[],
                         blocking=True)
 
 
