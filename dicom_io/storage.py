@@ -19,8 +19,12 @@ from dicom_io.errors import StorageError
 HEADER_BLOCK_SIZE = 256 * 1024  # one ranged GET covers almost every DICOM header
 
 
+# Listing caches would let a re-run see objects that another worker deleted or wrote.
+REMOTE_OPTIONS = {"use_listings_cache": False}
+
+
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **(REMOTE_OPTIONS if is_remote(uri) else {}))
     return fs, path
 
 
@@ -84,6 +88,25 @@ def write_bytes(uri: str, data: bytes) -> int:
         raise StorageError(f"cannot write {uri}: {exc}") from exc
 
 
+def glob(pattern: str) -> list[str]:
+    """URIs matching `pattern`, sorted, with the scheme kept for remote ones."""
+    fs, path = _fs(pattern)
+    found = sorted(fs.glob(path))
+    if is_remote(pattern):
+        scheme = pattern.split("://", 1)[0]
+        return [f"{scheme}://{p}" for p in found]
+    return found
+
+
+def remove(uri: str) -> None:
+    """Delete one object; no error when it is already gone."""
+    fs, path = _fs(uri)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_tree(uri: str) -> None:
     """Delete `uri` and everything below it; no error when nothing is there."""
     fs, path = _fs(uri)
@@ -109,5 +132,5 @@ def zarr_store(uri: str) -> Any:
     import zarr.storage
 
     if is_remote(uri):
-        return zarr.storage.FsspecStore.from_url(uri, read_only=False)
+        return zarr.storage.FsspecStore.from_url(uri, storage_options=REMOTE_OPTIONS, read_only=False)
     return zarr.storage.LocalStore(uri.removeprefix("file://"), read_only=False)

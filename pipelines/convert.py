@@ -33,7 +33,7 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
                             help="Refuse instances whose decoded pixels would exceed this many bytes")
         parser.add_argument("--table_shards", type=int, default=1,
-                            help="Files per summary table (0 lets the runner choose)")
+                            help="Files per summary table (about one per 500,000 input files)")
 
 
 def validate(opts: ConvertOptions) -> None:
@@ -41,8 +41,8 @@ def validate(opts: ConvertOptions) -> None:
     missing = [f"--{name}" for name in ("input", "output") if not getattr(opts, name)]
     if missing:
         raise SystemExit(f"pipelines.convert: {' and '.join(missing)} required")
-    if opts.max_pixel_bytes <= 0:
-        raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
+    if opts.max_pixel_bytes <= 0 or opts.table_shards <= 0:
+        raise SystemExit("pipelines.convert: --max_pixel_bytes and --table_shards must be positive")
 
 
 def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:

@@ -28,5 +28,5 @@ def print_summary(output: str, limit: int = 20) -> None:
     rows = sorted(series.select(["series_key", "status", "n_slices", "geometry", "dtype"]).to_pylist(),
                   key=lambda r: r["series_key"])
     for row in rows[:limit]:
-        print(f"  {row['series_key'][:60]:60s} {row['status']:9s} {row['n_slices'] or 0:5d} "
+        print(f"  {row['series_key']:70s} {row['status']:9s} {row['n_slices'] or 0:5d} "
               f"{row['geometry'] or '':18s} {row['dtype'] or ''}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
@@ -11,6 +13,8 @@ from dicom_io.errors import DicomflowError, NoPixelDataError
 from dicom_io.header import InstanceHeader, read_header
 
 NAMESPACE = "dicomflow"
+LOG = logging.getLogger("dicomflow")
+PROGRESS_EVERY = 1000
 
 
 class ReadHeaderFn(beam.DoFn):
@@ -22,10 +26,14 @@ class ReadHeaderFn(beam.DoFn):
         self.read = Metrics.counter(NAMESPACE, "files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.skipped = Metrics.counter(NAMESPACE, "files_skipped")
+        self._seen = 0
 
     def process(self, element: tuple[str, int | None]):
         uri, size = element
         self.read.inc()
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            LOG.info("this worker has read %d headers (latest %s)", self._seen, uri)
         try:
             size = storage.size_of(uri) if size is None else size
             with storage.open_read(uri) as fp:

@@ -9,7 +9,7 @@ from apache_beam.pvalue import TaggedOutput
 from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
-from transforms.headers import NAMESPACE
+from transforms.headers import LOG, NAMESPACE
 
 
 def series_uid_of(h: InstanceHeader) -> tuple[str, InstanceHeader]:
@@ -50,7 +50,10 @@ class ConvertSeriesFn(beam.DoFn):
             raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
 
     def _count(self, result) -> None:
-        if result.series["status"] != "converted":
+        row = result.series
+        LOG.info("%s %s: %s slices, %d bytes written%s", row["series_key"], row["status"], row["n_slices"],
+                 result.bytes_written, " (reused)" if result.reused else "")
+        if row["status"] != "converted":
             self.failed.inc()
         elif result.reused:
             self.reused.inc()
