@@ -6,6 +6,7 @@ choice and the output tables need (a few hundred bytes per instance).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -67,6 +68,8 @@ class InstanceHeader:
     acquisition_number: int | None = None
     diffusion_b_value: float | None = None
     pixel_element: str | None = None
+    pixel_offset: int | None = None  # byte offset of the PixelData value (native encodings only)
+    pixel_length: int | None = None  # its declared length; None when undefined (encapsulated)
     modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
@@ -164,19 +167,30 @@ def _sop_class_name(ds: pydicom.Dataset) -> str:
     return UID(str(uid)).name if uid else "no SOP class"
 
 
-def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> str | None:
-    """Peek the tag where header reading stopped: which pixel element, if any, follows."""
+def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> tuple[str | None, int | None, int | None]:
+    """Peek the element where header reading stopped: (pixel element name, value offset, length)."""
     meta = getattr(ds, "file_meta", None) or {}
     if meta.get("TransferSyntaxUID") == DEFLATED:  # the stream is compressed: no raw peek possible
         fp.seek(0)
         full = pydicom.dcmread(fp, force=True)
-        return next((name for name in PIXEL_TAGS.values() if name in full), None)
-    head = fp.read(4)
-    if len(head) < 4:
-        return None
-    little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
-    group, elem = struct.unpack("<HH" if little else ">HH", head)
-    return PIXEL_TAGS.get((group << 16) | elem)
+        return next((name for name in PIXEL_TAGS.values() if name in full), None), None, None
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return None, None, None
+    implicit, little = ds.original_encoding
+    little = True if little is None else little
+    group, elem = struct.unpack("<HH" if little else ">HH", head[:4])
+    name = PIXEL_TAGS.get((group << 16) | elem)
+    if name is None:
+        return None, None, None
+    if implicit or implicit is None and head[4:6] not in (b"OB", b"OW", b"OF", b"OD"):
+        length, header_size = struct.unpack("<I" if little else ">I", head[4:8])[0], 8
+    else:
+        length, header_size = struct.unpack("<I" if little else ">I", head[8:12])[0], 12
+    if length == 0xFFFFFFFF:
+        return name, None, None
+    return name, start + header_size, length
 
 
 def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
@@ -184,13 +198,14 @@ def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
     if size_bytes == 0:
         raise NotDicomError("not dicom: empty file")
     ds = _parse(fp, uri)
-    pixel_element = _pixel_element(fp, ds)
+    pixel_element, offset, length = _pixel_element(fp, ds)
     if pixel_element is None and len(ds) == 0:
         raise NotDicomError(f"not dicom: truncated or empty dataset (no elements after file meta, {size_bytes} bytes)")
     if pixel_element is None:
         raise NoPixelDataError(f"no pixel data ({_sop_class_name(ds)})")
     try:
-        return header_from_dataset(ds, uri, size_bytes, pixel_element)
+        header = header_from_dataset(ds, uri, size_bytes, pixel_element)
+        return dataclasses.replace(header, pixel_offset=offset, pixel_length=length)
     except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
         raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc
 
@@ -236,3 +251,34 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         modality_lut_sequence="ModalityLUTSequence" in ds,
         series_tags=tags,
     )
+
+
+# ---- header-only crawl (pipelines.manifest): every readable object, images or not -------------
+
+
+def parse_header(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Dataset, str | None]:
+    """read_header's bounded parse, but an object without pixel data is not an error.
+
+    Returns the dataset (pixels never read, values over 64 KB deferred) and the pixel element that
+    follows it, None for SR, RT, KO, DICOMDIR... Raises NotDicomError like read_header.
+    """
+    if size_bytes == 0:
+        raise NotDicomError("not dicom: empty file")
+    ds = _parse(fp, uri)
+    pixel_element = _pixel_element(fp, ds)[0]
+    if pixel_element is None and len(ds) == 0:
+        raise NotDicomError(f"not dicom: truncated or empty dataset (no elements after file meta, {size_bytes} bytes)")
+    return ds, pixel_element
+
+
+def no_pixel_data_reason(ds: pydicom.Dataset) -> str:
+    """The reason read_header gives an object without pixel data: 'no pixel data (RT Plan Storage)'."""
+    return f"no pixel data ({_sop_class_name(ds)})"
+
+
+def header_record(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
+    """header_from_dataset with read_header's error: uninterpretable values raise HeaderError."""
+    try:
+        return header_from_dataset(ds, uri, size_bytes, pixel_element)
+    except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
+        raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc

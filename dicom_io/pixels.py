@@ -44,9 +44,48 @@ def check_size(h: InstanceHeader, max_bytes: int) -> None:
         raise DecodeError(f"decode error: pixel data shorter than declared ({h.size_bytes} byte file, {size} declared)")
 
 
+def native_eligible(h: InstanceHeader) -> bool:
+    """Uncompressed monochrome integer pixels at a known offset: read directly, no second parse."""
+    return (h.transfer_syntax_uid in UNCOMPRESSED and h.pixel_element == "PixelData" and h.pixel_offset is not None
+            and h.samples_per_pixel == 1 and h.photometric in ("MONOCHROME1", "MONOCHROME2")
+            and h.bits_allocated in (8, 16, 32) and 1 <= h.bits_stored <= h.bits_allocated
+            and not h.modality_lut_sequence
+            # exact length (one pad byte allowed): a frame count that disagrees goes to pydicom
+            and declared_bytes(h) <= (h.pixel_length or 0) <= declared_bytes(h) + 1)
+
+
+def read_native(fp: IO[bytes], h: InstanceHeader) -> np.ndarray:
+    """Stored values of a native PixelData as pydicom gives them (unused high bits corrected)."""
+    nbytes = declared_bytes(h)
+    fp.seek(h.pixel_offset)
+    raw = fp.read(nbytes)
+    if len(raw) < nbytes:
+        raise DecodeError(f"decode error: pixel data shorter than declared ({len(raw)} of {nbytes} bytes)")
+    order = ">" if h.transfer_syntax_uid == "1.2.840.10008.1.2.2" else "<"
+    kind = "i" if h.pixel_representation else "u"
+    arr = np.frombuffer(raw, dtype=f"{order}{kind}{h.bits_allocated // 8}").astype(f"={kind}{h.bits_allocated // 8}")
+    shift = h.bits_allocated - h.bits_stored
+    if shift:  # PS3.5 8.1.1: unused bits carry no meaning; same shift pydicom applies
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+    return arr.reshape(h.number_of_frames, h.rows, h.columns)
+
+
+def rescale(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
+    """(0028,1053) RescaleSlope and (0028,1052) RescaleIntercept, as pydicom's modality LUT does."""
+    slope, intercept = h.rescale_slope, h.rescale_intercept
+    if slope == 1.0 and intercept == 0.0:
+        return stored
+    if float(slope).is_integer() and float(intercept).is_integer():
+        return stored.astype(np.int64) * int(slope) + int(intercept)
+    return stored.astype(np.float64) * slope + intercept
+
+
 def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
     """Frames of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU)."""
     check_size(h, max_bytes)
+    if native_eligible(h):
+        return rescale(read_native(fp, h), h)
     try:
         ds = pydicom.dcmread(fp, force=True)  # header stage already accepted it as DICOM
         ensure_transfer_syntax(ds)

@@ -149,3 +149,86 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
     row["split_by"] = list(record.get("split_by") or [])
     row.update(tag_columns(record.get("tags") or {}))
     return row
+
+
+# ---- manifest job (pipelines.manifest): tables at the root of OUT -----------------------------
+# OUT/instances-*.parquet, OUT/series-*.parquet, OUT/unreadable-*.csv, OUT/shards/series_shard_XX.csv,
+# with --all_tags OUT/tags-*.parquet (wide) and OUT/tags_long-*.parquet (long).
+MANIFEST_INSTANCES_PREFIX, MANIFEST_SERIES_PREFIX, UNREADABLE_PREFIX = "instances", "series", "unreadable"
+TAGS_PREFIX, TAGS_LONG_PREFIX, SHARDS_DIR = "tags", "tags_long", "shards"
+UNREADABLE_COLUMNS = ("uri", "size_bytes", "reason")
+SHARD_COLUMNS = ("uri", "series_instance_uid", "series_key", "size_bytes")
+
+
+def manifest_prefix(output: str, name: str) -> str:
+    """Prefix of a manifest table: OUT/{name} -> {name}-00000-of-00001.parquet."""
+    return storage.join(output, name)
+
+
+def shard_csv_uri(output: str, shard: int) -> str:
+    """OUT/shards/series_shard_XX.csv: the files of one convert run."""
+    return storage.join(output, SHARDS_DIR, f"series_shard_{shard:02d}.csv")
+
+
+MANIFEST_INSTANCES_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("mtime", pa.float64()),  # epoch seconds, as listed
+        ("readable", pa.bool_()),
+        ("reason", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("study_instance_uid", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("modality", pa.string()),
+        ("sop_class_uid", pa.string()),
+        ("transfer_syntax_uid", pa.string()),
+        ("image_type", pa.list_(pa.string())),
+        ("series_number", pa.int64()),
+        ("instance_number", pa.int64()),
+        ("series_description", pa.string()),
+        ("rows", pa.int64()),
+        ("columns", pa.int64()),
+        ("number_of_frames", pa.int64()),
+        ("image_position_patient", pa.list_(pa.float64())),
+        ("image_orientation_patient", pa.list_(pa.float64())),
+        ("pixel_spacing", pa.list_(pa.float64())),
+        ("slice_thickness", pa.float64()),
+        ("acquisition_number", pa.int64()),
+        ("echo_time", pa.float64()),
+        ("is_localizer", pa.bool_()),
+    ]
+)
+
+MANIFEST_SERIES_SCHEMA = pa.schema(
+    [
+        ("series_instance_uid", pa.string()),
+        ("study_instance_uid", pa.string()),
+        ("series_key", pa.string()),  # key of stack 0, as pipelines.convert names it
+        ("modality", pa.string()),
+        ("series_description", pa.string()),
+        ("n_instances", pa.int64()),
+        ("n_bytes", pa.int64()),
+        ("has_localizers", pa.bool_()),
+        ("orientations", pa.list_(pa.string())),
+        ("n_localizers", pa.int64()),
+        ("n_images", pa.int64()),  # instances with pixel data
+    ]
+)
+
+TAGS_LONG_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("column", pa.string()),  # the wide table's column
+        ("tag", pa.string()),
+        ("keyword", pa.string()),
+        ("vr", pa.string()),
+        ("vm", pa.int64()),
+        ("value", pa.string()),
+    ]
+)
+
+
+def tags_schema(columns: tuple[str, ...]) -> pa.Schema:
+    """The wide tags table: `uri` then one string column per element path, the same in every shard."""
+    return pa.schema([("uri", pa.string())] + [(name, pa.string()) for name in columns])

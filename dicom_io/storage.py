@@ -7,6 +7,7 @@ temporary name and an os.replace so a reader never sees half a file.
 
 from __future__ import annotations
 
+import datetime
 import os
 import posixpath
 import uuid
@@ -134,3 +135,41 @@ def zarr_store(uri: str) -> Any:
     if is_remote(uri):
         return zarr.storage.FsspecStore.from_url(uri, storage_options=REMOTE_OPTIONS, read_only=False)
     return zarr.storage.LocalStore(uri.removeprefix("file://"), read_only=False)
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    """A modification time as fsspec reports it (float, datetime or ISO string) in epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        return value.timestamp() if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc).timestamp()
+    try:
+        return _epoch_seconds(datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def file_info(uri: str) -> tuple[int, float | None]:
+    """(size in bytes, modification time in epoch seconds or None) of the object at `uri`, one stat call.
+
+    fsspec names the time 'mtime' locally and on gcsfs (a datetime there), 'updated' in older gcsfs,
+    'LastModified' on s3fs.
+    """
+    fs, path = _fs(uri)
+    info = fs.info(path)
+    mtime = next((info[k] for k in ("mtime", "updated", "LastModified") if info.get(k) is not None), None)
+    return int(info["size"]), _epoch_seconds(mtime)
+
+
+def mtime_of(uri: str) -> float | None:
+    """Modification time of the object at `uri` in epoch seconds (None when the store has none)."""
+    return file_info(uri)[1]
+
+
+def glob(pattern: str) -> list[str]:
+    """URIs matching `pattern`, sorted, with the scheme of `pattern` kept (gs://...)."""
+    fs, path = _fs(pattern)
+    protocol = pattern.split("://", 1)[0] + "://" if is_remote(pattern) else ""
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in fs.glob(path))

@@ -73,7 +73,7 @@ def test_failures_in_pydicom_files_are_the_known_broken_ones(vendor_run):
         assert failed == {
             "JPEG2000-embedded-sequence-delimiter.dcm": _StartsWith("decode error: JPEG 2000"),
             "JPEG-lossy.dcm": _StartsWith("stack not converted"),
-            "badVR.dcm": _StartsWith("decode error: Explicit VR Little Endian: ValueError"),
+            "badVR.dcm": _StartsWith("decode error: Explicit VR Little Endian: ValueError"),  # NumberOfFrames '1A'
             "meta_missing_tsyntax.dcm": _StartsWith("invalid image: (0028,0010) Rows"),
             "nested_priv_SQ.dcm": _StartsWith("invalid image: (0028,0010) Rows"),
         }
