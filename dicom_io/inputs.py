@@ -8,7 +8,6 @@ import os
 import posixpath
 from dataclasses import dataclass
 
-import fsspec
 import pyarrow.parquet as pq
 
 from dicom_io import storage
@@ -46,9 +45,7 @@ def expand_manifests(pattern: str) -> list[str]:
     """Manifest URIs matching `pattern` (a plain URI matches itself), sorted."""
     if not GLOB_CHARS & set(pattern):
         return [pattern]
-    fs, _ = fsspec.core.url_to_fs(pattern)
-    protocol = pattern.split("://", 1)[0] + "://" if storage.is_remote(pattern) else ""
-    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in fs.glob(pattern))
+    return storage.glob(pattern)
 
 
 def _resolve(base: str, value: str) -> str:

@@ -97,6 +97,18 @@ def test_multi_process_workers_write_byte_identical_outputs(gcs, gs_corpus, gs_c
     assert _rows(out, "instances", {out: gs_converted}) == _rows(gs_converted, "instances", {})
 
 
+def test_manifest_on_gcs_listing_gcs_uris(gcs, corpus, gs_corpus, tmp_path):
+    regular = [p for e in corpus.expected.values() if e["kind"] == "regular" for p in e["files"]]
+    lines = ["instance_id,file_url"] + [f"{i},{gs_corpus}/{os.path.relpath(p, corpus.root)}" for i, p in enumerate(regular)]
+    gcs.client.bucket(gcs.bucket).blob("manifests/extract.csv").upload_from_string("\n".join(lines) + "\n")
+    out = f"gs://{gcs.bucket}/out-manifest"
+    run(["--input", f"gs://{gcs.bucket}/manifests/*.csv", "--manifest_column", "file_url", "--output", out,
+         *RUNNER_ARGS])
+    rows = read_table(out, "instances").to_pylist()
+    assert len(rows) == len(regular) and {r["status"] for r in rows} == {"converted"}
+    assert all(r["source_uri"].startswith(gs_corpus + "/") for r in rows)
+
+
 def _convert_cmd(src: str, out: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.convert", "--input", src + "/", "--output", out, *RUNNER_ARGS]
 
