@@ -11,16 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from dicom_io import geometry, pixels, schemas, storage
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, StackPlan
-from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout
+from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout, slice_md5
 
 PIPELINE_VERSION = "dicomflow-0.1.0"
+READ_AHEAD = 8  # instances decoded ahead of the writer: bounds memory, hides storage latency
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,40 @@ def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
-def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_bytes: int) -> list[dict[str, Any]]:
+def _load(h: InstanceHeader, dtype: str, max_bytes: int) -> tuple[InstanceHeader, Any, list[str]]:
+    """Read, decode and cast one instance; MD5 of each frame as it will be stored."""
+    try:
+        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+            frames = pixels.to_stored(pixels.decode(fp, h, max_bytes), dtype)
+    except FileNotFoundError as exc:
+        raise StackFailed(h, f"source disappeared: {exc}") from exc
+    except StorageError:
+        raise
+    except DicomflowError as exc:
+        raise StackFailed(h, str(exc)) from exc
+    return h, frames, [slice_md5(plane) for plane in frames]
+
+
+def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Iterator[tuple]:
+    """Instances of the stack in z order, decoded up to READ_AHEAD ahead on `executor`."""
+    if executor is None:
+        yield from (_load(h, plan.dtype, max_bytes) for h in plan.instances)
+        return
+    pending: deque = deque()
+    try:
+        for h in plan.instances:
+            pending.append(executor.submit(_load, h, plan.dtype, max_bytes))
+            if len(pending) >= READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_bytes: int,
+                  executor: Executor | None = None) -> list[dict[str, Any]]:
     first = plan.first
     for h in plan.instances:  # header-only size checks before the shard buffer is allocated
         try:
@@ -122,22 +158,13 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_byt
     channels = 3 if plan.colour else 1
     writer = VolumeWriter(uri, choose_layout(plan.n_slices, first.rows, first.columns, plan.dtype, channels), attributes)
     rows: list[dict[str, Any]] = []
-    for h in plan.instances:
-        try:
-            with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
-                frames = pixels.decode(fp, h, max_bytes)
-            frames = pixels.to_stored(frames, plan.dtype)
-        except FileNotFoundError as exc:
-            raise StackFailed(h, f"source disappeared: {exc}") from exc
-        except StorageError:
-            raise
-        except DicomflowError as exc:
-            raise StackFailed(h, str(exc)) from exc
+    for h, frames, digests in _loaded(plan, max_bytes, executor):
         ipp = h.image_position or (None, None, None)
-        for f, plane in enumerate(frames):
+        for f, (plane, digest) in enumerate(zip(frames, digests)):
+            writer.append(plane)
             rows.append({"z_index": len(rows), "sop_instance_uid": h.sop_instance_uid,
                          "instance_number": h.instance_number, "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2],
-                         "source_uri": h.source_uri, "pixel_md5": writer.append(plane), "frame_index": f})
+                         "source_uri": h.source_uri, "pixel_md5": digest, "frame_index": f})
     writer.close()
     return rows
 
@@ -181,8 +208,11 @@ def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) ->
     return StackResult(schemas.series_row(record), instances)
 
 
-def convert_stack(plan: StackPlan, settings: ConvertSettings) -> StackResult:
-    """Write (or reuse, when committed with the same inputs) one stack's volume, CSV and JSON."""
+def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor | None = None) -> StackResult:
+    """Write (or reuse, when committed with the same inputs) one stack's volume, CSV and JSON.
+
+    `executor` (a thread pool owned by the caller) decodes instances ahead of the writer.
+    """
     committed = _load_committed(plan, settings)
     if committed is not None:
         return StackResult(schemas.series_row(committed), _converted_rows(plan), reused=True)
@@ -194,7 +224,8 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings) -> StackResult:
     storage.remove_tree(zarr_uri)
     dicom = dicom_attributes(plan)
     try:
-        slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom}, settings.max_pixel_bytes)
+        slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
+                               settings.max_pixel_bytes, executor)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))

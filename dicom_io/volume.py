@@ -94,14 +94,12 @@ class VolumeWriter:
         self._filled = 0
         self._z0 = 0
 
-    def append(self, plane: np.ndarray) -> str:
-        """Add the next slice; returns its MD5 as stored."""
+    def append(self, plane: np.ndarray) -> None:
+        """Add the next slice (already in the volume's dtype)."""
         self._slab[self._filled] = plane
-        digest = slice_md5(self._slab[self._filled])
         self._filled += 1
         if self._filled == self._slab.shape[0]:
             self._flush()
-        return digest
 
     def _flush(self) -> None:
         if self._filled:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
@@ -22,11 +24,13 @@ class ConvertSeriesFn(beam.DoFn):
 
     INSTANCES = "instances"
 
-    def __init__(self, settings: ConvertSettings):
+    def __init__(self, settings: ConvertSettings, decode_threads: int = 8):
         super().__init__()
         self._settings = settings
+        self._decode_threads = decode_threads
 
     def setup(self):
+        self._pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="dicomflow-decode")
         self.converted = Metrics.counter(NAMESPACE, "series_converted")
         self.reused = Metrics.counter(NAMESPACE, "series_reused")
         self.failed = Metrics.counter(NAMESPACE, "series_failed")
@@ -41,13 +45,16 @@ class ConvertSeriesFn(beam.DoFn):
                 self.duplicates.inc()
                 yield TaggedOutput(self.INSTANCES, row)
             for stack in plan.stacks:
-                result = convert_stack(stack, self._settings)
+                result = convert_stack(stack, self._settings, self._pool)
                 self._count(result)
                 yield result.series
                 for row in result.instances:
                     yield TaggedOutput(self.INSTANCES, row)
         except Exception as exc:
             raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
+
+    def teardown(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _count(self, result) -> None:
         row = result.series
