@@ -8,6 +8,7 @@ one shard (32 MB for 512x512 int16).
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,11 @@ def slice_md5(plane: np.ndarray) -> str:
 
 
 class VolumeWriter:
-    """Write a volume's slices in z order, flushing one full shard at a time."""
+    """Write a volume's slices in z order, one full shard at a time.
+
+    A full shard is encoded and written on a background thread while the next one fills,
+    so decoding and Blosc encoding overlap; at most two shard buffers exist at once.
+    """
 
     def __init__(self, uri: str, layout: VolumeLayout, attributes: dict[str, Any]):
         self.uri = uri
@@ -93,6 +98,8 @@ class VolumeWriter:
         self._slab = np.zeros(layout.shards, dtype=layout.dtype)
         self._filled = 0
         self._z0 = 0
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
+        self._pending: Future | None = None
 
     def append(self, plane: np.ndarray) -> None:
         """Add the next slice (already in the volume's dtype)."""
@@ -102,14 +109,26 @@ class VolumeWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self._filled:
-            self._array[self._z0 : self._z0 + self._filled] = self._slab[: self._filled]
-            self._z0 += self._filled
-            self._filled = 0
+        if not self._filled:
+            return
+        self._wait()
+        full, z0, z1 = self._slab, self._z0, self._z0 + self._filled
+        self._pending = self._flusher.submit(self._array.__setitem__, slice(z0, z1), full[: self._filled])
+        self._slab = np.zeros(self.layout.shards, dtype=self.layout.dtype) if z1 < self.layout.shape[0] else full
+        self._z0, self._filled = z1, 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a storage error from the writer thread
+            self._pending = None
 
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
-        self._flush()
+        try:
+            self._flush()
+            self._wait()
+        finally:
+            self._flusher.shutdown(wait=True)
         if self._z0 != self.layout.shape[0]:
             raise RuntimeError(f"{self.uri}: wrote {self._z0} slices of {self.layout.shape[0]}")
         self._slab = np.zeros(0)
