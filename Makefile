@@ -30,3 +30,52 @@ bench: $(VENV)/.test
 
 clean:
 	rm -rf demo-in demo-out bench-data .pytest_cache
+
+# ---- Flex Template and Composer DAG (templates/; see templates/README.md) -----------------------
+# make template-build / template-run PROJECT=... REGION=... BUCKET=... REPO=... TAG=...
+# They run gcloud when it is installed, and only print the commands when it is not (or PRINT=1).
+PROJECT   ?= my-project
+REGION    ?= us-central1
+BUCKET    ?= $(PROJECT)-dicomflow
+REPO      ?= dicomflow
+TAG       ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo latest)
+INPUT     ?= gs://$(BUCKET)/archive
+OUTPUT    ?= gs://$(BUCKET)/out
+SERVICE_ACCOUNT ?= dicomflow-worker@$(PROJECT).iam.gserviceaccount.com
+MAX_WORKERS ?= 50
+GCLOUD    ?= gcloud
+IMAGE     = $(REGION)-docker.pkg.dev/$(PROJECT)/$(REPO)/dicomflow:$(TAG)
+TEMPLATE  = gs://$(BUCKET)/templates/dicomflow-convert.json
+GCLOUD_DO = $(if $(PRINT)$(if $(shell command -v $(GCLOUD) 2>/dev/null),,1),@echo ,)$(GCLOUD)
+
+.PHONY: template-build template-run test-dag
+
+template-build:
+	$(GCLOUD_DO) builds submit --project $(PROJECT) --config templates/flex/cloudbuild.yaml \
+	    --substitutions _IMAGE=$(IMAGE) .
+	$(GCLOUD_DO) dataflow flex-template build $(TEMPLATE) --project $(PROJECT) \
+	    --image $(IMAGE) --sdk-language PYTHON --metadata-file templates/flex/metadata.json
+
+template-run:
+	$(GCLOUD_DO) dataflow flex-template run dicomflow-convert-$$(date +%Y%m%d-%H%M%S) \
+	    --project $(PROJECT) --region $(REGION) --template-file-gcs-location $(TEMPLATE) \
+	    --service-account-email $(SERVICE_ACCOUNT) \
+	    --temp-location gs://$(BUCKET)/tmp --staging-location gs://$(BUCKET)/staging \
+	    --worker-machine-type n2-highmem-4 --max-workers $(MAX_WORKERS) \
+	    --additional-experiments use_runner_v2 \
+	    --parameters input=$(INPUT) --parameters output=$(OUTPUT) --parameters table_shards=16 \
+	    --parameters sdk_container_image=$(IMAGE) \
+	    --parameters number_of_worker_harness_threads=8 --parameters disk_size_gb=30
+
+# The DAG tests need Airflow, which the project venv must not carry: a venv of their own.
+AIRFLOW_VENV ?= .venv-airflow
+PYTHON311    ?= python3.11
+
+$(AIRFLOW_VENV)/.airflow: templates/composer/requirements-airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON311) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -r templates/composer/requirements-airflow.txt
+	touch $@
+
+test-dag: $(AIRFLOW_VENV)/.airflow
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider templates/composer/test_dag.py

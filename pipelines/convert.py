@@ -19,6 +19,15 @@ from transforms.convert import ConvertToVolumes
 from transforms.tables import WriteSummaryTables
 
 
+def parse_bool(text: str) -> bool:
+    """`true`/`false` (any case): Flex Templates pass every parameter as --name=value."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 class ConvertOptions(PipelineOptions):
     """Options of pipelines.convert (every other flag goes to Beam)."""
 
@@ -29,7 +38,8 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--input", help="Folder or gs:// prefix (recursive), glob, or .csv/.parquet manifest")
         parser.add_argument("--output", help="Output root (local path or gs://)")
         parser.add_argument("--manifest_column", default="uri", help="Manifest column holding file URIs")
-        parser.add_argument("--overwrite", action="store_true", help="Rewrite series already committed")
+        parser.add_argument("--overwrite", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Rewrite series already committed (--overwrite, or =true/false as templates pass)")
         parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
                             help="Refuse instances whose decoded pixels would exceed this many bytes")
         parser.add_argument("--table_shards", type=int, default=1,
@@ -53,8 +63,11 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     return tables | "WriteSummary" >> WriteSummaryTables(opts.output, opts.table_shards)
 
 
-def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
-    """Parse options, run the job to completion, print counters and the summary."""
+def run(argv: list[str] | None = None, wait: bool = True) -> beam.runners.runner.PipelineResult:
+    """Parse options and run the job; with `wait`, block, then print counters and the summary.
+
+    A Flex Template launcher passes wait=False: it must submit and return.
+    """
     options = PipelineOptions(argv)
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or "DirectRunner"
@@ -63,6 +76,8 @@ def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts)
     result = pipeline.run()
+    if not wait:
+        return result
     result.wait_until_finish()
     print_counters(result)
     if standard.runner in ("DirectRunner", "direct"):
