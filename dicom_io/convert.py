@@ -9,6 +9,7 @@ deterministic, so a retried or duplicated attempt writes the same bytes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections import deque
@@ -16,10 +17,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
+
 from dicom_io import geometry, pixels, schemas, storage
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
-from dicom_io.plan import SeriesPlan, StackPlan
+from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
 from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout, slice_md5
 
 PIPELINE_VERSION = "dicomflow-0.1.0"
@@ -65,9 +68,9 @@ def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
     """The `dicom` block of the Zarr group attributes and the series JSON."""
     first, ordering = plan.first, plan.ordering
     affine = None
-    if first.image_orientation and first.image_position and first.pixel_spacing and ordering.step_vector:
-        affine = geometry.affine_lps(first.image_orientation, first.image_position, first.pixel_spacing,
-                                     ordering.step_vector)
+    origin, orientation = plan.slices[0].position, plan.slices[0].orientation
+    if orientation and origin and first.pixel_spacing and ordering.step_vector:
+        affine = geometry.affine_lps(orientation, origin, first.pixel_spacing, ordering.step_vector)
     return {
         "series_key": plan.series_key,
         "series_instance_uid": first.series_instance_uid or None,
@@ -115,35 +118,51 @@ def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
-def _load(h: InstanceHeader, dtype: str, max_bytes: int) -> tuple[InstanceHeader, Any, list[str]]:
-    """Read, decode and cast one instance; MD5 of each frame as it will be stored."""
+def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> tuple[InstanceHeader, list, list[str]]:
+    """Read and decode one instance, keep `frames` (in that order) cast to `dtype`, with their MD5s."""
     try:
         with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
-            frames = pixels.to_stored(pixels.decode(fp, h, max_bytes), dtype)
+            decoded = pixels.decode(fp, h, max_bytes)
+        planes = [pixels.to_stored(decoded[f], dtype) for f in frames]
     except FileNotFoundError as exc:
         raise StackFailed(h, f"source disappeared: {exc}") from exc
     except StorageError:
         raise
     except DicomflowError as exc:
         raise StackFailed(h, str(exc)) from exc
-    return h, frames, [slice_md5(plane) for plane in frames]
+    return h, planes, [slice_md5(plane) for plane in planes]
+
+
+def _runs(plan: StackPlan) -> list[tuple[InstanceHeader, list[SliceRef]]]:
+    """Consecutive slices from one instance: each run is one decode (an enhanced file once)."""
+    runs: list[tuple[InstanceHeader, list[SliceRef]]] = []
+    for s in plan.slices:
+        if runs and runs[-1][0] is s.header:
+            runs[-1][1].append(s)
+        else:
+            runs.append((s.header, [s]))
+    return runs
 
 
 def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Iterator[tuple]:
-    """Instances of the stack in z order, decoded up to READ_AHEAD ahead on `executor`."""
+    """(slices, planes, md5s) per run in z order, decoded up to READ_AHEAD runs ahead on `executor`."""
+    runs = _runs(plan)
     if executor is None:
-        yield from (_load(h, plan.dtype, max_bytes) for h in plan.instances)
+        for h, refs in runs:
+            yield refs, *_load(h, [r.frame for r in refs], plan.dtype, max_bytes)[1:]
         return
     pending: deque = deque()
     try:
-        for h in plan.instances:
-            pending.append(executor.submit(_load, h, plan.dtype, max_bytes))
+        for h, refs in runs:
+            pending.append((refs, executor.submit(_load, h, [r.frame for r in refs], plan.dtype, max_bytes)))
             if len(pending) >= READ_AHEAD:
-                yield pending.popleft().result()
+                refs_done, future = pending.popleft()
+                yield refs_done, *future.result()[1:]
         while pending:
-            yield pending.popleft().result()
+            refs_done, future = pending.popleft()
+            yield refs_done, *future.result()[1:]
     finally:
-        for future in pending:
+        for _, future in pending:
             future.cancel()
 
 
@@ -158,13 +177,14 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_byt
     channels = 3 if plan.colour else 1
     writer = VolumeWriter(uri, choose_layout(plan.n_slices, first.rows, first.columns, plan.dtype, channels), attributes)
     rows: list[dict[str, Any]] = []
-    for h, frames, digests in _loaded(plan, max_bytes, executor):
-        ipp = h.image_position or (None, None, None)
-        for f, (plane, digest) in enumerate(zip(frames, digests)):
+    for refs, planes, digests in _loaded(plan, max_bytes, executor):
+        for ref, plane, digest in zip(refs, planes, digests):
             writer.append(plane)
-            rows.append({"z_index": len(rows), "sop_instance_uid": h.sop_instance_uid,
-                         "instance_number": h.instance_number, "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2],
-                         "source_uri": h.source_uri, "pixel_md5": digest, "frame_index": f})
+            ipp = ref.position or (None, None, None)
+            rows.append({"z_index": len(rows), "sop_instance_uid": ref.header.sop_instance_uid,
+                         "instance_number": ref.header.instance_number, "ipp_x": ipp[0], "ipp_y": ipp[1],
+                         "ipp_z": ipp[2], "source_uri": ref.header.source_uri, "pixel_md5": digest,
+                         "frame_index": ref.frame})
     writer.close()
     return rows
 
@@ -179,9 +199,12 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -
 
 
 def _converted_rows(plan: StackPlan) -> list[dict[str, Any]]:
-    step = plan.frames_per_instance
+    """One row per instance of the stack, with the z index of its first slice."""
+    first_z: dict[str, int] = {}
+    for z, s in enumerate(plan.slices):
+        first_z.setdefault(s.header.source_uri, z)
     return [schemas.instance_row(h.source_uri, schemas.CONVERTED, "", h.sop_instance_uid, h.series_instance_uid,
-                                 plan.series_key, z * step) for z, h in enumerate(plan.instances)]
+                                 plan.series_key, first_z[h.source_uri]) for h in plan.instances]
 
 
 def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any] | None:
@@ -233,6 +256,16 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
     written += storage.tree_size(zarr_uri)
     return StackResult(schemas.series_row(record), _converted_rows(plan), written, slices=slices)
+
+
+def pixel_digest(h: InstanceHeader, max_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES) -> str:
+    """MD5 of an instance's decoded values (for identical-pixel duplicates); undecodable: unique."""
+    try:
+        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+            values = pixels.decode(fp, h, max_bytes)
+    except (DicomflowError, FileNotFoundError):
+        return f"undecodable:{h.source_uri}"
+    return hashlib.md5(str(values.dtype).encode() + np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
 def exclusion_rows(plan: SeriesPlan) -> list[dict[str, Any]]:

@@ -35,6 +35,19 @@ SERIES_TAGS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
+class FrameInfo:
+    """One frame of an enhanced multi-frame instance, from its functional groups (C.7.6.16)."""
+
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    rescale: tuple[float, float]  # (slope, intercept) from PixelValueTransformationSequence
+    echo: float | None = None  # MREchoSequence EffectiveEchoTime
+    temporal_position: int | None = None  # FrameContentSequence TemporalPositionIndex
+    b_value: float | None = None  # MRDiffusionSequence DiffusionBValue
+    stack_id: str | None = None  # FrameContentSequence StackID
+
+
+@dataclass(frozen=True)
 class InstanceHeader:
     """What one DICOM file says about itself, minus the pixels."""
 
@@ -71,6 +84,7 @@ class InstanceHeader:
     pixel_offset: int | None = None  # byte offset of the PixelData value (native encodings only)
     pixel_length: int | None = None  # its declared length; None when undefined (encapsulated)
     modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
+    frames: tuple[FrameInfo, ...] | None = None  # enhanced multi-frame: per-frame geometry and values
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -210,6 +224,67 @@ def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
         raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc
 
 
+def _group_item(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, keyword: str) -> pydicom.Dataset | None:
+    """First item of functional group `keyword`, per-frame first, else shared (PS3.3 C.7.6.16)."""
+    for source in (fg, shared):
+        if source is not None and keyword in source and len(source[keyword].value):
+            return source[keyword].value[0]
+    return None
+
+
+def _frame_info(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None) -> FrameInfo:
+    position = _group_item(fg, shared, "PlanePositionSequence")
+    orientation = _group_item(fg, shared, "PlaneOrientationSequence")
+    transform = _group_item(fg, shared, "PixelValueTransformationSequence")
+    content = _group_item(fg, shared, "FrameContentSequence")
+    echo = _group_item(fg, shared, "MREchoSequence")
+    diffusion = _group_item(fg, shared, "MRDiffusionSequence")
+    return FrameInfo(
+        position=_floats(position, "ImagePositionPatient", 3) if position is not None else None,
+        orientation=_floats(orientation, "ImageOrientationPatient", 6) if orientation is not None else None,
+        rescale=(_num(transform, "RescaleSlope", float, 1.0), _num(transform, "RescaleIntercept", float, 0.0))
+        if transform is not None else (1.0, 0.0),
+        echo=_num(echo, "EffectiveEchoTime", float) if echo is not None else None,
+        temporal_position=_num(content, "TemporalPositionIndex", int) if content is not None else None,
+        b_value=_num(diffusion, "DiffusionBValue", float) if diffusion is not None else None,
+        stack_id=str(content.get("StackID")) if content is not None and content.get("StackID") else None,
+    )
+
+
+def enhanced_frames(ds: pydicom.Dataset) -> tuple[FrameInfo, ...] | None:
+    """Per-frame records of an enhanced multi-frame instance; None for other instances.
+
+    Only the first (0028,0008) NumberOfFrames items count (derived files keep their parent's
+    items); fewer items than frames means the groups cannot be trusted: None.
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    n_frames = max(1, _num(ds, "NumberOfFrames", int, 1) or 1)
+    if not per_frame or len(per_frame) < n_frames:
+        return None
+    per_frame = list(per_frame)[:n_frames]
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    return tuple(_frame_info(fg, shared) for fg in per_frame)
+
+
+def _enhanced_defaults(ds: pydicom.Dataset, frames: tuple[FrameInfo, ...] | None) -> dict[str, Any]:
+    """Instance-level geometry and rescale taken from the shared functional groups when absent."""
+    if not frames:
+        return {}
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    first_fg = ds.PerFrameFunctionalGroupsSequence[0]
+    measures = _group_item(first_fg, shared, "PixelMeasuresSequence")
+    defaults: dict[str, Any] = {"rescale_slope": frames[0].rescale[0], "rescale_intercept": frames[0].rescale[1],
+                                "image_position": frames[0].position, "image_orientation": frames[0].orientation}
+    if measures is not None:
+        defaults["pixel_spacing"] = _floats(measures, "PixelSpacing", 2)
+        thickness = _num(measures, "SliceThickness", float)
+        if thickness is not None:
+            defaults["slice_thickness"] = thickness
+    return defaults
+
+
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
     """Build the small record from an already parsed dataset."""
     tsuid = ensure_transfer_syntax(ds)
@@ -217,7 +292,13 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
     if isinstance(ds.get("ImageType"), str):
         image_type = (str(ds.ImageType),)
     tags = {kw: json_value(ds.get(kw)) for kw in SERIES_TAGS if kw in ds}
-    return InstanceHeader(
+    frames = enhanced_frames(ds)
+    enhanced = _enhanced_defaults(ds, frames)
+    if "slice_thickness" in enhanced:
+        tags.setdefault("SliceThickness", enhanced["slice_thickness"])
+    if enhanced.get("pixel_spacing"):
+        tags.setdefault("PixelSpacing", list(enhanced["pixel_spacing"]))
+    header = InstanceHeader(
         source_uri=uri,
         size_bytes=size_bytes,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
@@ -249,8 +330,12 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         diffusion_b_value=_b_value(ds),
         pixel_element=pixel_element,
         modality_lut_sequence="ModalityLUTSequence" in ds,
+        frames=frames,
         series_tags=tags,
     )
+    changes = {k: v for k, v in enhanced.items() if k != "slice_thickness" and v is not None
+               and getattr(header, k) in (None, 1.0, 0.0)}
+    return dataclasses.replace(header, **changes) if changes else header
 
 
 # ---- header-only crawl (pipelines.manifest): every readable object, images or not -------------

@@ -72,8 +72,16 @@ def read_native(fp: IO[bytes], h: InstanceHeader) -> np.ndarray:
 
 
 def rescale(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
-    """(0028,1053) RescaleSlope and (0028,1052) RescaleIntercept, as pydicom's modality LUT does."""
-    slope, intercept = h.rescale_slope, h.rescale_intercept
+    """(0028,1053) RescaleSlope and (0028,1052) RescaleIntercept, as pydicom's modality LUT does;
+    per frame for enhanced instances (Pixel Value Transformation functional group)."""
+    if h.frames:
+        planes = [_linear(frame, *info.rescale) for frame, info in zip(stored, h.frames)]
+        dtype = np.result_type(*planes)
+        return np.stack([p.astype(dtype, copy=False) for p in planes])
+    return _linear(stored, h.rescale_slope, h.rescale_intercept)
+
+
+def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
     if float(slope).is_integer() and float(intercept).is_integer():
@@ -92,6 +100,8 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
         arr = ds.pixel_array
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))
+        elif h.samples_per_pixel == 1 and h.frames:  # enhanced: per-frame rescale, below
+            pass
         elif h.samples_per_pixel == 1:
             arr = apply_modality_lut(arr, ds)
     except (MemoryError, KeyboardInterrupt):
@@ -104,7 +114,7 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
     expected = (h.number_of_frames, h.rows, h.columns) + ((3,) if colour else ())
     if arr.shape != expected:
         raise InconsistentSeriesError(f"decoded shape {arr.shape} differs from header {expected}")
-    return arr
+    return rescale(arr, h) if h.frames and h.samples_per_pixel == 1 else arr
 
 
 def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:

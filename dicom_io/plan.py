@@ -1,6 +1,9 @@
 """Plan one series: drop duplicates, split into stacks, order each stack, pick the dtype.
 
-Pure and cheap (headers only), so a re-run recomputes the same plan for the same inputs.
+A stack is built from slices: a single-frame instance is one slice, an enhanced multi-frame
+instance one slice per frame (its functional groups give each frame's position), so both
+split and order the same way. Pure and cheap (headers only): a re-run recomputes the same
+plan for the same inputs.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from dicom_io import geometry
 from dicom_io.header import InstanceHeader
@@ -19,7 +22,23 @@ MISSING_SERIES_PREFIX = "no-series-uid:"  # group key of an instance without (00
 INT16_MIN, INT16_MAX = -32768, 32767
 
 # Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried.
-SPLIT_ATTRIBUTES = ("orientation", "shape", "echo", "temporal_position", "b_value")
+SPLIT_ATTRIBUTES = ("orientation", "shape", "echo", "temporal_position", "b_value", "multiframe_instance")
+
+# Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy.
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                            "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One plane of a future volume: an instance, the frame in it, and where it lies."""
+
+    header: InstanceHeader
+    frame: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    rescale: tuple[float, float]
+    attrs: tuple[tuple[str, Any], ...] = ()  # echo, temporal_position, b_value of this slice
 
 
 @dataclass(frozen=True)
@@ -33,20 +52,27 @@ class Exclusion:
 
 @dataclass(frozen=True)
 class StackPlan:
-    """One future volume: its instances in z order and everything needed to write it."""
+    """One future volume: its slices in z order and everything needed to write it."""
 
     series_key: str
     stack_index: int
     split_by: tuple[str, ...]
     stack_attributes: dict[str, Any]
-    instances: tuple[InstanceHeader, ...]
+    slices: tuple[SliceRef, ...]
     ordering: geometry.Ordering
     dtype: str
-    frames_per_instance: int = 1
 
     @property
     def first(self) -> InstanceHeader:
-        return self.instances[0]
+        return self.slices[0].header
+
+    @property
+    def instances(self) -> tuple[InstanceHeader, ...]:
+        """Distinct instances in order of their first slice."""
+        seen: dict[str, InstanceHeader] = {}
+        for s in self.slices:
+            seen.setdefault(s.header.source_uri, s.header)
+        return tuple(seen.values())
 
     @property
     def colour(self) -> bool:
@@ -55,13 +81,15 @@ class StackPlan:
 
     @property
     def n_slices(self) -> int:
-        return len(self.instances) * self.frames_per_instance
+        return len(self.slices)
 
     def fingerprint(self) -> str:
-        """Hash of what went into the volume (URIs, SOP UIDs, sizes, plan); a re-run skips on match."""
+        """Hash of what went into the volume (URIs, SOP UIDs, sizes, frames, plan); a re-run skips on match."""
         digest = hashlib.sha256()
-        for h in self.instances:
-            digest.update(f"{h.source_uri}\0{h.sop_instance_uid}\0{h.size_bytes}\n".encode("utf-8", "surrogatepass"))
+        for s in self.slices:
+            h = s.header
+            digest.update(f"{h.source_uri}\0{h.sop_instance_uid}\0{h.size_bytes}\0{s.frame}\n"
+                          .encode("utf-8", "surrogatepass"))
         digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}".encode())
         return digest.hexdigest()
 
@@ -73,11 +101,6 @@ class SeriesPlan:
     series_instance_uid: str
     stacks: tuple[StackPlan, ...]
     exclusions: tuple[Exclusion, ...] = field(default=())
-
-
-# Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy.
-LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-                            "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
 
 
 def duplicate_identity(h: InstanceHeader) -> tuple:
@@ -109,13 +132,56 @@ def drop_duplicates(headers: Iterable[InstanceHeader]) -> tuple[list[InstanceHea
     return unique, excluded
 
 
-def _signature(h: InstanceHeader) -> dict[str, Any]:
+def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[InstanceHeader], str] | None
+                          ) -> tuple[list[InstanceHeader], list[Exclusion]]:
+    """Instances with other SOP UIDs at one position and shape, and identical pixels: keep the first.
+
+    `digest` (pixels -> hash) is only called for such candidates, which are rare.
+    """
+    if digest is None:
+        return headers, []
+    by_place: dict[tuple, list[InstanceHeader]] = defaultdict(list)
+    for h in headers:
+        if h.image_position is not None and h.number_of_frames == 1:
+            by_place[(h.image_position, h.image_orientation, h.rows, h.columns, h.bits_allocated)].append(h)
+    dropped: list[Exclusion] = []
+    for group in by_place.values():
+        if len(group) < 2:
+            continue
+        first_seen: dict[str, InstanceHeader] = {}
+        for h in sorted(group, key=lambda h: (h.transfer_syntax_uid in LOSSY_SYNTAXES, h.source_uri)):
+            key = digest(h)
+            if key in first_seen:
+                reason = f"duplicate: identical pixels at the same position as {first_seen[key].source_uri}"
+                dropped.append(Exclusion(h, "skipped", reason))
+            else:
+                first_seen[key] = h
+    gone = {e.header.source_uri for e in dropped}
+    return [h for h in headers if h.source_uri not in gone], dropped
+
+
+def slices_of(h: InstanceHeader) -> list[SliceRef]:
+    """The planes an instance contributes: one, or one per enhanced frame."""
+    if h.frames:
+        return [SliceRef(h, i, f.position, f.orientation or h.image_orientation, f.rescale,
+                         (("echo", f.echo), ("temporal_position", f.temporal_position), ("b_value", f.b_value)))
+                for i, f in enumerate(h.frames)]
+    echo = h.echo_number if h.echo_number is not None else h.echo_time
+    attrs = (("echo", echo), ("temporal_position", h.temporal_position), ("b_value", h.diffusion_b_value))
+    rescale = (h.rescale_slope, h.rescale_intercept)
+    if h.number_of_frames > 1:  # plain multi-frame (cine, US): no per-frame geometry
+        return [SliceRef(h, i, None, None, rescale, attrs) for i in range(h.number_of_frames)]
+    return [SliceRef(h, 0, h.image_position, h.image_orientation, rescale, attrs)]
+
+
+def _signature(s: SliceRef) -> dict[str, Any]:
+    h = s.header
+    plain_multiframe = h.number_of_frames > 1 and not h.frames
     return {
-        "orientation": geometry.orientation_key(h.image_orientation),
+        "orientation": geometry.orientation_key(s.orientation),
         "shape": (h.rows, h.columns, h.samples_per_pixel, h.bits_allocated),
-        "echo": h.echo_number if h.echo_number is not None else h.echo_time,
-        "temporal_position": h.temporal_position,
-        "b_value": h.diffusion_b_value,
+        **dict(s.attrs),
+        "multiframe_instance": h.sop_instance_uid or h.source_uri if plain_multiframe else None,
     }
 
 
@@ -123,48 +189,49 @@ def _sort_token(value: Any) -> tuple:
     return (value is not None, repr(value))
 
 
-def _position_key(h: InstanceHeader) -> tuple | None:
-    return None if h.image_position is None else tuple(round(v, 3) for v in h.image_position)
+def _position_key(s: SliceRef) -> tuple | None:
+    return None if s.position is None else tuple(round(v, 3) for v in s.position)
 
 
-def _has_repeats(headers: Sequence[InstanceHeader]) -> bool:
-    keys = [_position_key(h) for h in headers if h.image_position is not None]
+def _has_repeats(slices: Sequence[SliceRef]) -> bool:
+    keys = [_position_key(s) for s in slices if s.position is not None]
     return len(keys) != len(set(keys))
 
 
-def _split_repeats(headers: list[InstanceHeader]) -> tuple[str | None, list[list[InstanceHeader]]]:
+def _split_repeats(slices: list[SliceRef]) -> tuple[str, list[list[SliceRef]]]:
     """Split a group whose positions repeat: by AcquisitionNumber, TriggerTime, else occurrence."""
-    for name, attr in (("acquisition_number", "acquisition_number"), ("trigger_time", "trigger_time")):
-        groups: dict[Any, list[InstanceHeader]] = defaultdict(list)
-        for h in headers:
-            groups[getattr(h, attr)].append(h)
+    for name in ("acquisition_number", "trigger_time"):
+        groups: dict[Any, list[SliceRef]] = defaultdict(list)
+        for s in slices:
+            groups[getattr(s.header, name)].append(s)
         parts = [groups[k] for k in sorted(groups, key=_sort_token)]
         if len(parts) > 1 and not any(_has_repeats(p) for p in parts):
             return name, parts
     seen: Counter = Counter()
-    occurrence: dict[int, list[InstanceHeader]] = defaultdict(list)
-    for h in sorted(headers, key=lambda h: (h.instance_number or 0, h.source_uri)):
-        key = _position_key(h)
-        occurrence[seen[key]].append(h)
+    occurrence: dict[int, list[SliceRef]] = defaultdict(list)
+    for s in sorted(slices, key=lambda s: (s.header.instance_number or 0, s.header.source_uri, s.frame)):
+        key = _position_key(s)
+        occurrence[seen[key]].append(s)
         seen[key] += 1
     return "repeated_position", [occurrence[k] for k in sorted(occurrence)]
 
 
-def choose_dtype(headers: Sequence[InstanceHeader]) -> str:
+def choose_dtype(slices: Sequence[SliceRef]) -> str:
     """int16 when every rescaled value the headers allow is an integer in int16, else float32.
 
-    Colour keeps its sample size (uint8/16/32; palette expands to uint8). The range comes from (0028,0101) BitsStored and (0028,0103)
-    PixelRepresentation with each instance's own (0028,1053) slope and (0028,1052) intercept.
+    Colour keeps its sample size (uint8/16/32; palette expands to uint8). The range comes from
+    (0028,0101) BitsStored and (0028,0103) PixelRepresentation with each slice's own slope and
+    intercept ((0028,1053)/(0028,1052), or the frame's Pixel Value Transformation).
     """
-    first = headers[0]
+    first = slices[0].header
     if first.photometric == "PALETTE COLOR":
         return "uint8"
     if first.samples_per_pixel > 1 or first.photometric in COLOUR_PHOTOMETRICS:
         return f"uint{max(8, first.bits_allocated)}"
-    if any(h.pixel_element != "PixelData" or h.modality_lut_sequence for h in headers):
+    if any(s.header.pixel_element != "PixelData" or s.header.modality_lut_sequence for s in slices):
         return "float32"
-    for h in headers:
-        slope, intercept = h.rescale_slope, h.rescale_intercept
+    for s in slices:
+        h, (slope, intercept) = s.header, s.rescale
         if not (float(slope).is_integer() and float(intercept).is_integer()):
             return "float32"
         bits = max(1, min(h.bits_stored, h.bits_allocated))
@@ -175,33 +242,33 @@ def choose_dtype(headers: Sequence[InstanceHeader]) -> str:
     return "int16"
 
 
-def _stack_plan(series_uid: str, index: int, split_by: tuple[str, ...], attrs: dict, headers: list[InstanceHeader]) -> StackPlan:
-    if len(headers) == 1 and headers[0].number_of_frames > 1:
-        frames = headers[0].number_of_frames
-        ordering = geometry.Ordering(tuple(range(1)), geometry.NO_GEOMETRY, "frame_order", None, None)
-        return StackPlan(series_key(series_uid, index), index, split_by, attrs, tuple(headers), ordering,
-                         choose_dtype(headers), frames)
-    thickness = headers[0].series_tags.get("SliceThickness")
-    ordering = geometry.order_slices(
-        [h.image_position for h in headers], headers[0].image_orientation,
-        [h.instance_number for h in headers], float(thickness) if isinstance(thickness, (int, float)) else None,
-    )
-    ordered = tuple(headers[i] for i in ordering.order)
+def _stack_plan(series_uid: str, index: int, split_by: tuple[str, ...], attrs: dict, slices: list[SliceRef]) -> StackPlan:
+    thickness = slices[0].header.series_tags.get("SliceThickness")
+    first = slices[0].header
+    if first.number_of_frames > 1 and not first.frames and all(s.header is first for s in slices):
+        # one plain multi-frame instance (cine, ultrasound): frame order is the order
+        ordering = geometry.Ordering(tuple(range(len(slices))), geometry.NO_GEOMETRY, "frame_order", None, None)
+    else:
+        ordering = geometry.order_slices(
+            [s.position for s in slices], slices[0].orientation,
+            [(s.header.instance_number or 0) * 100000 + s.frame for s in slices],
+            float(thickness) if isinstance(thickness, (int, float)) else None,
+        )
+    ordered = tuple(slices[i] for i in ordering.order)
     return StackPlan(series_key(series_uid, index), index, split_by, attrs, ordered, ordering, choose_dtype(ordered))
 
 
-def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[dict, list[InstanceHeader]]]]:
-    single = [h for h in headers if h.number_of_frames == 1]
-    multi = sorted((h for h in headers if h.number_of_frames > 1), key=lambda h: (h.sop_instance_uid, h.source_uri))
-    by_sig: dict[tuple, list[InstanceHeader]] = defaultdict(list)
+def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[dict, list[SliceRef]]]]:
+    by_sig: dict[tuple, list[SliceRef]] = defaultdict(list)
     sigs: dict[tuple, dict] = {}
-    for h in single:
-        sig = _signature(h)
-        key = tuple(_sort_token(sig[a]) for a in SPLIT_ATTRIBUTES)
-        by_sig[key].append(h)
-        sigs[key] = sig
+    for h in sorted(headers, key=lambda h: h.source_uri):
+        for s in slices_of(h):
+            sig = _signature(s)
+            key = tuple(_sort_token(sig[a]) for a in SPLIT_ATTRIBUTES)
+            by_sig[key].append(s)
+            sigs[key] = sig
     varying = tuple(a for a in SPLIT_ATTRIBUTES if len({repr(s[a]) for s in sigs.values()}) > 1)
-    groups: list[tuple[dict, list[InstanceHeader]]] = []
+    groups: list[tuple[dict, list[SliceRef]]] = []
     split_by = set(varying)
     for key in sorted(by_sig):
         attrs = {a: sigs[key][a] for a in varying}
@@ -212,21 +279,21 @@ def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[
             groups.extend(({**attrs, name: i}, part) for i, part in enumerate(parts))
         else:
             groups.append((attrs, members))
-    if multi:
-        split_by.add("multiframe_instance")
-        groups.extend(({"sop_instance_uid": h.sop_instance_uid}, [h]) for h in multi)
     return tuple(sorted(split_by)), groups
 
 
-def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader]) -> SeriesPlan:
-    """Dedupe, split into stacks and order every stack of one series (headers only)."""
+def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader],
+                digest: Callable[[InstanceHeader], str] | None = None) -> SeriesPlan:
+    """Dedupe, split into stacks and order every stack of one series (headers, and pixels only for
+    instances that share a position: `digest`)."""
     unique, exclusions = drop_duplicates(headers)
+    unique, identical = drop_identical_pixels(unique, digest)
     split_by, groups = _groups(unique)
     stacks = tuple(
         _stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
         for i, (attrs, members) in enumerate(groups)
     )
-    return SeriesPlan(series_instance_uid, stacks, tuple(exclusions))
+    return SeriesPlan(series_instance_uid, stacks, tuple(exclusions + identical))
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

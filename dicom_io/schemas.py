@@ -232,3 +232,112 @@ TAGS_LONG_SCHEMA = pa.schema(
 def tags_schema(columns: tuple[str, ...]) -> pa.Schema:
     """The wide tags table: `uri` then one string column per element path, the same in every shard."""
     return pa.schema([("uri", pa.string())] + [(name, pa.string()) for name in columns])
+
+
+# ---- reading the slices CSV (verify and dataset jobs) -------------------------------------------
+import csv  # noqa: E402  (appended section: the imports above are not mine to edit)
+import io  # noqa: E402
+
+_SLICE_INTS, _SLICE_FLOATS = ("z_index", "instance_number", "frame_index"), ("ipp_x", "ipp_y", "ipp_z")
+
+
+def _typed(value: str | None, cast: type) -> Any:
+    return None if value is None or value == "" else cast(value)
+
+
+def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
+    """Rows of slices/{key}.csv with SLICE_COLUMNS typed (ints, floats, None when empty).
+
+    Columns beyond SLICE_COLUMNS (e.g. a later `preview_uri`) are kept as strings.
+    """
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"))))
+    for row in rows:
+        for name in _SLICE_INTS:
+            row[name] = _typed(row.get(name), int)
+        for name in _SLICE_FLOATS:
+            row[name] = _typed(row.get(name), float)
+    return rows
+
+
+# ---- verify job (pipelines.verify): OUT/verify/ ---------------------------------------------------
+# OUT/verify/verify-*.parquet (one row per checked series), OUT/verify/files-*.parquet (one row per
+# instance-accounting failure), OUT/verify/thumbnails/{key}_middle.jpg|_montage.jpg, OUT/verify/report.html
+VERIFY_DIR, VERIFY_PREFIX, VERIFY_FILES_PREFIX, THUMBNAILS_DIR = "verify", "verify", "files", "thumbnails"
+REPORT_NAME = "report.html"
+OK = "ok"  # a verified series whose every check passed (FAILED otherwise)
+
+
+def verify_prefix(output: str, name: str) -> str:
+    """Prefix of a verify table: OUT/verify/{name} -> {name}-00000-of-00001.parquet."""
+    return storage.join(output, VERIFY_DIR, name)
+
+
+def thumbnail_uri(output: str, name: str) -> str:
+    """OUT/verify/thumbnails/{name}; verify rows hold `name` only."""
+    return storage.join(output, VERIFY_DIR, THUMBNAILS_DIR, name)
+
+
+def report_uri(output: str) -> str:
+    return storage.join(output, VERIFY_DIR, REPORT_NAME)
+
+
+VERIFY_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("status", pa.string()),  # ok | failed
+        ("checks_passed", pa.int64()),
+        ("checks_failed", pa.int64()),
+        ("failures", pa.list_(pa.string())),  # "check: detail", at most MAX_LISTED per check
+        ("n_slices", pa.int64()),
+        ("geometry", pa.string()),
+        ("shape", pa.list_(pa.int64())),
+        ("dtype", pa.string()),
+        ("thumbnails", pa.list_(pa.string())),  # names under OUT/verify/thumbnails/
+    ]
+)
+
+VERIFY_FILES_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("series_key", pa.string()),
+        ("check", pa.string()),  # duplicate | missing
+        ("detail", pa.string()),
+    ]
+)
+
+# ---- dataset job (pipelines.dataset): OUT/datasets/{vlm,labels}/ ----------------------------------
+DATASETS_DIR, VLM, LABELS = "datasets", "vlm", "labels"
+PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs-IIIII-of-NNNNN.{jsonl,parquet}
+LABELS_JSON, LABELS_CSV = "dataset.json", "train_dataset.csv"  # OUT/datasets/labels/
+UNMATCHED_CSV, DATASET_SUMMARY_JSON = "unmatched.csv", "summary.json"  # in both
+SPLITS = ("train", "validation", "test")
+UNMATCHED_COLUMNS = ("table", "row", "key", "reason", "record")  # record: the row as JSON
+
+
+def dataset_uri(output: str, fmt: str, name: str) -> str:
+    """OUT/datasets/{fmt}/{name}."""
+    return storage.join(output, DATASETS_DIR, fmt, name)
+
+
+VLM_PAIRS_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("split", pa.string()),
+        ("series_key", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("study_instance_uid", pa.string()),
+        ("accession_number", pa.string()),
+        ("series_number", pa.int64()),
+        ("patient_id", pa.string()),
+        ("modality", pa.string()),
+        ("series_description", pa.string()),
+        ("volume_uri", pa.string()),
+        ("slices_uri", pa.string()),
+        ("preview_uri", pa.string()),  # the middle slice's preview, when slices CSVs have `preview_uri`
+        ("image_uris", pa.list_(pa.string())),  # every slice preview in z order (empty without previews)
+        ("report_key", pa.string()),
+        ("report_rows", pa.list_(pa.int64())),  # 0-based rows of the report table behind report_text
+        ("report_text", pa.string()),
+    ]
+)

@@ -166,10 +166,3 @@ def file_info(uri: str) -> tuple[int, float | None]:
 def mtime_of(uri: str) -> float | None:
     """Modification time of the object at `uri` in epoch seconds (None when the store has none)."""
     return file_info(uri)[1]
-
-
-def glob(pattern: str) -> list[str]:
-    """URIs matching `pattern`, sorted, with the scheme of `pattern` kept (gs://...)."""
-    fs, path = _fs(pattern)
-    protocol = pattern.split("://", 1)[0] + "://" if is_remote(pattern) else ""
-    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in fs.glob(path))

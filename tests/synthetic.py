@@ -372,7 +372,11 @@ def write_instance(
     if sop_uid is None:
         sop_uid = uid_from("sop", seed, spec.series_uid, index, spec.echo_number)
     ds = _build_dataset(spec, index, pixels, instance_number, sop_uid)
+    _save(ds, path, ts, pixels)
 
+
+def _save(ds: Dataset, path: str | os.PathLike, ts: UID, pixels: np.ndarray) -> None:
+    """Attach file meta and write a Part 10 file in transfer syntax `ts`."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -651,3 +655,95 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def write_variant(path: str | os.PathLike, spec: SeriesSpec, index: int, *, seed: int, variant: str,
+                  sop_uid: str | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
+    """Slice `index` of `spec` as a variant; returns the pixel values a converter must store.
+
+    variant: "monochrome1" (same stored values, inverted display), "rgb" (8-bit RGB, 3 samples),
+    "big_endian" (Explicit VR Big Endian), "dx" (projection radiograph: ImagerPixelSpacing, no
+    position/orientation).
+    """
+    stored = slice_pixels(spec, index, seed) if pixels is None else pixels
+    sop = sop_uid or uid_from("sop", seed, spec.series_uid, index, variant)
+    ds = _build_dataset(spec, index, stored, index + 1, sop)
+    ts = UID(ExplicitVRLittleEndian)
+    expected = stored.astype(np.float64) * spec.slope + spec.intercept
+    if variant == "monochrome1":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    elif variant == "rgb":
+        rgb = np.stack([(stored >> 3) & 0xFF, (stored >> 2) & 0xFF, stored & 0xFF], axis=-1).astype(np.uint8)
+        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth"):
+            delattr(ds, keyword)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = rgb.tobytes()
+        stored, expected = rgb, rgb
+    elif variant == "big_endian":
+        ts = UID(ExplicitVRBigEndian)
+    elif variant == "dx":
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation"):
+            delattr(ds, keyword)
+        ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.1.1", "DX"  # Digital X-Ray, for presentation
+        ds.ImagerPixelSpacing = [_ds(spec.pixel_spacing[0]), _ds(spec.pixel_spacing[1])]
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    _save(ds, path, ts, stored)
+    return expected
+
+
+def write_enhanced_mr(path: str | os.PathLike, spec: SeriesSpec, echo_times: Sequence[float], *, seed: int,
+                      shuffle: bool = True) -> dict[float, np.ndarray]:
+    """One Enhanced MR Image Storage file: every position x every echo as frames, in a seeded
+    shuffled frame order, geometry and echo in per-frame functional groups (PS3.3 C.8.13).
+
+    Returns, per echo time, the volume a converter must write (slices ascending along the normal).
+    """
+    from pydicom.sequence import Sequence as Seq
+
+    n = len(spec.positions)
+    frames = [(e, i) for e in range(len(echo_times)) for i in range(n)]
+    if shuffle:
+        random.Random(f"enhanced:{seed}:{spec.series_uid}").shuffle(frames)
+    planes = [(slice_pixels(spec, i, seed) + 100 * e).astype(np.uint16) for e, i in frames]
+    ds = _build_dataset(spec, 0, planes[0], 1, uid_from("sop", seed, spec.series_uid, "enhanced"))
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceLocation",
+                    "RescaleIntercept", "RescaleSlope", "EchoTime", "EchoNumbers", "SliceThickness"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = len(frames)
+    ds.PixelRepresentation = 0
+
+    def item(**values):
+        d = Dataset()
+        for key, value in values.items():
+            setattr(d, key, value)
+        return d
+
+    shared = item(
+        PixelMeasuresSequence=Seq([item(PixelSpacing=[_ds(v) for v in spec.pixel_spacing],
+                                        SliceThickness=_ds(spec.slice_thickness or 1.0))]),
+        PlaneOrientationSequence=Seq([item(ImageOrientationPatient=[_ds(v) for v in spec.iop])]),
+        PixelValueTransformationSequence=Seq([item(RescaleSlope="1", RescaleIntercept="0", RescaleType="US")]),
+    )
+    ds.SharedFunctionalGroupsSequence = Seq([shared])
+    ds.PerFrameFunctionalGroupsSequence = Seq([
+        item(PlanePositionSequence=Seq([item(ImagePositionPatient=[_ds(v) for v in spec.positions[i]])]),
+             FrameContentSequence=Seq([item(DimensionIndexValues=[e + 1, i + 1], StackID="1",
+                                            InStackPositionNumber=i + 1)]),
+             MREchoSequence=Seq([item(EffectiveEchoTime=float(echo_times[e]))]))
+        for e, i in frames
+    ])
+    ds.PixelData = np.stack(planes).tobytes()
+    _save(ds, path, UID(ExplicitVRLittleEndian), np.stack(planes))
+    normal = slice_normal(spec.iop)
+    order = sorted(range(n), key=lambda i: float(np.dot(spec.positions[i], normal)))
+    return {echo_times[e]: np.stack([(slice_pixels(spec, i, seed) + 100 * e).astype(np.float64) for i in order])
+            for e in range(len(echo_times))}

@@ -2,7 +2,7 @@ import dataclasses
 
 from dicom_io import geometry
 from dicom_io.header import InstanceHeader
-from dicom_io.plan import choose_dtype, drop_duplicates, plan_series
+from dicom_io.plan import choose_dtype as _choose_dtype, drop_duplicates, plan_series, slices_of
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 BASE = InstanceHeader(
@@ -19,6 +19,10 @@ def header(i, z, **changes):
     fields = {"source_uri": f"/d/{i:03d}", "sop_instance_uid": f"1.2.3.{i}", "instance_number": i,
               "image_position": (0.0, 0.0, float(z)), **changes}
     return dataclasses.replace(BASE, **fields)
+
+
+def choose_dtype(headers):
+    return _choose_dtype([s for h in headers for s in slices_of(h)])
 
 
 def test_duplicate_sop_uid_keeps_first_uri_and_records_the_other():

@@ -167,8 +167,10 @@ class CrawlHeaderFn(beam.DoFn):
             crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, f"source disappeared: {exc}"))
         except (DicomflowError, OSError) as exc:
             crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, str(exc)))
-        self.failed.inc(0 if crawled.row["readable"] else 1)
-        self.no_pixels.inc(1 if crawled.row["readable"] and crawled.row["reason"] else 0)
+        if not crawled.row["readable"]:
+            self.failed.inc()
+        elif crawled.row["reason"]:
+            self.no_pixels.inc()
         yield crawled.row
         if crawled.tags is not None:
             yield TaggedOutput(TAGS, (uri, crawled.tags))
@@ -263,7 +265,7 @@ def remove_stale_shards(written: list[str], output: str) -> list[str]:
     existing = storage.glob(storage.join(output, schemas.SHARDS_DIR, "series_shard_*.csv"))
     stale = manifest.stale_shards(existing, written)
     for uri in stale:
-        storage.remove_tree(uri)
+        storage.remove(uri)
     return stale
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows
+from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows, pixel_digest
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
 from transforms.headers import LOG, NAMESPACE
@@ -40,7 +41,8 @@ class ConvertSeriesFn(beam.DoFn):
     def process(self, element: tuple[str, list[InstanceHeader]]):
         series_uid, headers = element
         try:
-            plan = plan_series(series_uid, headers)
+            digest = partial(pixel_digest, max_bytes=self._settings.max_pixel_bytes)
+            plan = plan_series(series_uid, headers, digest)
             for row in exclusion_rows(plan):
                 self.duplicates.inc()
                 yield TaggedOutput(self.INSTANCES, row)

@@ -1,0 +1,167 @@
+"""Issue-3 rules on generated series, end to end through pipelines.convert."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import zarr
+
+from dicom_io import schemas
+from dicom_io.tables import read_table
+from pipelines.convert import run
+from tests import synthetic
+from tests.conftest import RUNNER_ARGS
+
+SEED = 7
+
+
+def _spec(name: str, **changes) -> synthetic.SeriesSpec:
+    fields = dict(series_uid=synthetic.uid_from("case", name), study_uid=synthetic.uid_from("case-study"),
+                  patient_id="CASES", modality="CT", positions=synthetic.axial_positions(8, 2.0),
+                  iop=synthetic.AXIAL_IOP, pixel_spacing=(0.8, 0.8), rows=32, cols=32, slice_thickness=2.0)
+    fields.update(changes)
+    return synthetic.SeriesSpec(**fields)
+
+
+def _hu(spec, order=None):
+    normal = synthetic.slice_normal(spec.iop)
+    order = order or sorted(range(len(spec.positions)), key=lambda i: float(np.dot(spec.positions[i], normal)))
+    return np.stack([synthetic.slice_pixels(spec, i, SEED).astype(np.float64) + spec.intercept for i in order])
+
+
+TILT = 15.0
+CASES = {
+    "tilted": _spec("tilted", positions=[(-12.0, -12.0 + 2.0 * k * math.tan(math.radians(TILT)), 2.0 * k)
+                                         for k in range(8)]),
+    "monochrome1": _spec("monochrome1"),
+    "rgb": _spec("rgb", positions=synthetic.axial_positions(3, 2.0)),
+    "big_endian": _spec("big_endian"),
+    "dx": _spec("dx", positions=synthetic.axial_positions(1, 1.0), modality="CT"),
+    "pixel_duplicate": _spec("pixel_duplicate", positions=synthetic.axial_positions(5, 2.0)),
+    "radial": _spec("radial", positions=[(0.0, 0.0, 0.0)] * 4),
+    "enhanced": _spec("enhanced", modality="MR", intercept=0.0, positions=synthetic.axial_positions(6, 3.0),
+                      slice_thickness=3.0),
+}
+ECHOES = (12.0, 90.0)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cases")
+    expected = {}
+    for name in ("tilted", "pixel_duplicate"):
+        synthetic.write_series(root / name, CASES[name], seed=SEED)
+    expected["tilted"] = _hu(CASES["tilted"])
+    for name in ("monochrome1", "rgb", "big_endian", "dx"):
+        spec = CASES[name]
+        planes = [synthetic.write_variant(root / name / f"{i:03d}", spec, i, seed=SEED, variant=name)
+                  for i in range(len(spec.positions))]
+        expected[name] = np.stack(planes)
+    # the same image again under a new SOPInstanceUID at the same position: a duplicate by pixels
+    dup_src = CASES["pixel_duplicate"]
+    synthetic.write_instance(root / "pixel_duplicate" / "copy", dup_src, 2, seed=SEED,
+                             sop_uid=synthetic.uid_from("other-sop"), instance_number=99)
+    # radial: one position, four orientations rotating about the vertical axis
+    radial = CASES["radial"]
+    for k in range(4):
+        a = math.radians(45 * k)
+        spec = synthetic.SeriesSpec(**{**radial.__dict__, "iop": (math.cos(a), math.sin(a), 0.0, 0.0, 0.0, -1.0)})
+        synthetic.write_instance(root / "radial" / f"{k}", spec, 0, seed=SEED, instance_number=k + 1,
+                                 sop_uid=synthetic.uid_from("radial", k))
+    os.makedirs(root / "enhanced")
+    expected["enhanced"] = synthetic.write_enhanced_mr(root / "enhanced" / "multi.dcm", CASES["enhanced"], ECHOES,
+                                                       seed=SEED)
+    out = tmp_path_factory.mktemp("cases-out")
+    run(["--input", str(root), "--output", str(out), *RUNNER_ARGS])
+    series = read_table(str(out), "series").to_pylist()
+    rows = {name: sorted((r for r in series if r["series_instance_uid"] == spec.series_uid),
+                         key=lambda r: r["stack_index"]) for name, spec in CASES.items()}
+    return root, str(out), rows, expected
+
+
+def _volume(row):
+    return zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
+
+
+def _dicom(row):
+    return zarr.open_group(row["zarr_uri"], mode="r").attrs["dicom"]
+
+
+def test_gantry_tilt_is_classified_and_keeps_its_sheared_affine(cases):
+    root, out, rows, expected = cases
+    [row] = rows["tilted"]
+    assert row["geometry"] == "tilted" and row["tilt_degrees"] == pytest.approx(TILT, abs=0.05)
+    assert np.array_equal(_volume(row), expected["tilted"])
+    affine = np.array(_dicom(row)["affine_lps"])
+    for k, p in enumerate(CASES["tilted"].positions):
+        assert affine @ [0, 0, k, 1] == pytest.approx([*p, 1], abs=1e-3)  # every slice exactly where it was
+    # SimpleITK ignores the tilt: it places slice k along the normal, so slice 7 is off by
+    # 7 * 2.0 * tan(15 deg) = 3.75 mm in y. The correct answer is the sheared affine above.
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(root / "tilted")))
+    image = reader.Execute()
+    itk_last = np.array(image.TransformIndexToPhysicalPoint((0, 0, 7)))
+    assert abs(itk_last[1] - CASES["tilted"].positions[7][1]) == pytest.approx(3.75, abs=0.01)
+
+
+def test_monochrome1_is_flagged_not_inverted(cases):
+    _, _, rows, expected = cases
+    [row] = rows["monochrome1"]
+    assert _dicom(row)["monochrome1"] is True
+    assert np.array_equal(_volume(row), expected["monochrome1"])
+
+
+def test_rgb_gets_a_trailing_channel_axis(cases):
+    _, _, rows, expected = cases
+    [row] = rows["rgb"]
+    volume = _volume(row)
+    assert row["dtype"] == "uint8" and volume.shape == (3, 32, 32, 3)
+    assert np.array_equal(volume, expected["rgb"])
+    assert "ome" not in zarr.open_group(row["zarr_uri"], mode="r").attrs  # NGFF has no trailing channel axis
+
+
+def test_big_endian_decodes_like_little_endian(cases):
+    _, _, rows, expected = cases
+    [row] = rows["big_endian"]
+    assert np.array_equal(_volume(row), expected["big_endian"])
+
+
+def test_projection_radiograph_is_a_single_slice_with_imager_spacing(cases):
+    _, _, rows, _ = cases
+    [row] = rows["dx"]
+    assert row["geometry"] == "single_slice" and row["spacing"][1:] == [0.8, 0.8]
+
+
+def test_same_position_identical_pixels_is_a_duplicate(cases):
+    root, out, rows, _ = cases
+    [row] = rows["pixel_duplicate"]
+    assert row["n_slices"] == 5 and row["geometry"] == "regular"
+    instances = {os.path.basename(r["source_uri"]): r for r in read_table(out, "instances").to_pylist()
+                 if r["series_instance_uid"] == CASES["pixel_duplicate"].series_uid}
+    skipped = [r for r in instances.values() if r["status"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["reason"].startswith("duplicate: identical pixels at the same position")
+
+
+def test_radial_series_is_never_one_volume(cases):
+    _, _, rows, _ = cases
+    assert len(rows["radial"]) == 4
+    assert all(r["n_slices"] == 1 and r["split_by"] == ["orientation"] for r in rows["radial"])
+
+
+def test_enhanced_multiframe_is_ordered_and_split_by_echo(cases):
+    _, out, rows, expected = cases
+    stacks = rows["enhanced"]
+    assert [json.loads(r["stack_attributes"]) for r in stacks] == [{"echo": e} for e in ECHOES]
+    for row, echo in zip(stacks, ECHOES):
+        assert row["split_by"] == ["echo"] and row["geometry"] == "regular"
+        assert row["spacing"][0] == pytest.approx(3.0) and row["spacing"][1:] == [0.8, 0.8]
+        assert np.array_equal(_volume(row), expected["enhanced"][echo])
+        with open(schemas.slices_csv_uri(out, row["series_key"])) as fh:
+            lines = fh.read().splitlines()[1:]
+        assert len({line.split(",")[-1] for line in lines}) == 6  # six different frames of the one file
