@@ -23,5 +23,6 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=["dicom_io", "transforms", "pipelines"],
     install_requires=_requirements(),
-    entry_points={"console_scripts": ["dicomflow-convert=pipelines.convert:main"]},
+    entry_points={"console_scripts": ["dicomflow-convert=pipelines.convert:main",
+                                      "dicomflow-manifest=pipelines.manifest:main"]},
 )

@@ -19,13 +19,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dicom_io import geometry, pixels, schemas, storage
+from dicom_io import geometry, pixels, resample, schemas, storage
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
 from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout, slice_md5
 
 PIPELINE_VERSION = "dicomflow-0.1.0"
+TILT_MODES = ("keep", "resample")
+IRREGULAR_MODES = ("keep", "resample", "fail")
 READ_AHEAD = 8  # instances decoded ahead of the writer: bounds memory, hides storage latency
 
 
@@ -36,6 +38,8 @@ class ConvertSettings:
     output: str
     overwrite: bool = False
     max_pixel_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES
+    tilt: str = "keep"  # TILT_MODES
+    irregular: str = "keep"  # IRREGULAR_MODES
 
 
 @dataclass
@@ -52,9 +56,9 @@ class StackResult:
 class StackFailed(DicomflowError):
     """One instance of a stack could not become a slice; the whole stack is not written."""
 
-    def __init__(self, header: InstanceHeader, reason: str):
-        super().__init__(f"{header.source_uri}: {reason}")
-        self.header, self.reason = header, reason
+    def __init__(self, header: InstanceHeader | None, reason: str):
+        super().__init__(f"{header.source_uri}: {reason}" if header else reason)
+        self.header, self.reason = header, reason  # header None: the stack as a whole
 
 
 def spacing_zyx(plan: StackPlan) -> list[float | None]:
@@ -64,13 +68,26 @@ def spacing_zyx(plan: StackPlan) -> list[float | None]:
     return [plan.ordering.spacing_z, row, col]
 
 
-def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
+def output_grid(plan: StackPlan, settings: ConvertSettings) -> resample.Grid | None:
+    """The resampling grid when --tilt / --irregular ask for one and the stack needs it."""
+    ordering, orientation = plan.ordering, plan.slices[0].orientation
+    positions = [s.position for s in plan.slices]
+    if ordering.geometry == geometry.TILTED and settings.tilt == "resample":
+        return resample.tilt_grid(positions, orientation, plan.first.pixel_spacing or (1.0, 1.0))
+    if ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "resample":
+        return resample.uniform_grid(positions, orientation, ordering.spacing_min)
+    return None
+
+
+def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict[str, Any]:
     """The `dicom` block of the Zarr group attributes and the series JSON."""
     first, ordering = plan.first, plan.ordering
     affine = None
     origin, orientation = plan.slices[0].position, plan.slices[0].orientation
     if orientation and origin and first.pixel_spacing and ordering.step_vector:
         affine = geometry.affine_lps(orientation, origin, first.pixel_spacing, ordering.step_vector)
+    if grid is not None:
+        return _resampled_attributes(plan, grid, orientation)
     return {
         "series_key": plan.series_key,
         "series_instance_uid": first.series_instance_uid or None,
@@ -91,8 +108,24 @@ def dicom_attributes(plan: StackPlan) -> dict[str, Any]:
         "max_gap": ordering.max_gap,
         "tilt_degrees": ordering.tilt_degrees,
         "monochrome1": first.photometric == "MONOCHROME1",
+        "resampled_from": None,
         "tags": first.series_tags,
     }
+
+
+def _resampled_attributes(plan: StackPlan, grid: resample.Grid, orientation) -> dict[str, Any]:
+    """Attributes of the resampled volume: a regular grid, and what it was made from."""
+    attrs = dicom_attributes(plan)
+    step = float(sum(v * v for v in grid.step_vector) ** 0.5)
+    n = len(grid.positions)
+    attrs.update({
+        "n_slices": n, "shape": [n] + attrs["shape"][1:], "dtype": "float32",
+        "spacing": [step] + attrs["spacing"][1:], "geometry": geometry.REGULAR,
+        "affine_lps": geometry.affine_lps(orientation, grid.positions[0], plan.first.pixel_spacing or (1.0, 1.0),
+                                          grid.step_vector),
+        "resampled_from": plan.ordering.geometry,
+    })
+    return attrs
 
 
 def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +133,7 @@ def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
     if plan.colour:
         return {}
     z, y, x = dicom["spacing"]
-    if z is None and plan.ordering.step_vector:  # mean step for viewers; `dicom.spacing` stays null
+    if z is None and dicom["resampled_from"] is None and plan.ordering.step_vector:  # mean step for viewers; `dicom.spacing` stays null
         z = abs(sum(v * v for v in plan.ordering.step_vector) ** 0.5)
     axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
     scale = [float(v) if v else 1.0 for v in (z, y, x)]
@@ -166,27 +199,44 @@ def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Itera
             future.cancel()
 
 
+def _slice_row(z: int, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+    ipp = position or (None, None, None)
+    return {"z_index": z, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
+            "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
+            "pixel_md5": digest, "frame_index": ref.frame}
+
+
 def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_bytes: int,
-                  executor: Executor | None = None) -> list[dict[str, Any]]:
+                  executor: Executor | None = None, grid: resample.Grid | None = None) -> list[dict[str, Any]]:
+    """Stream the stack into Zarr (through `grid` when resampling); rows for the slices CSV."""
     first = plan.first
     for h in plan.instances:  # header-only size checks before the shard buffer is allocated
         try:
             pixels.check_size(h, max_bytes)
         except DicomflowError as exc:
             raise StackFailed(h, str(exc)) from exc
-    channels = 3 if plan.colour else 1
-    writer = VolumeWriter(uri, choose_layout(plan.n_slices, first.rows, first.columns, plan.dtype, channels), attributes)
+    dicom = attributes["dicom"]
+    layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
+    writer = VolumeWriter(uri, layout, attributes)
     rows: list[dict[str, Any]] = []
-    for refs, planes, digests in _loaded(plan, max_bytes, executor):
-        for ref, plane, digest in zip(refs, planes, digests):
+    loaded = _loaded(plan, max_bytes, executor)
+    if grid is None:
+        for refs, planes, digests in loaded:
+            for ref, plane, digest in zip(refs, planes, digests):
+                writer.append(plane)
+                rows.append(_slice_row(len(rows), ref, ref.position, digest))
+    else:  # each output plane is recorded with the lower of the input slices it was made from
+        inputs = (plane for _, planes, _ in loaded for plane in planes)
+        for z, plane in enumerate(resample.resample(inputs, grid)):
             writer.append(plane)
-            ipp = ref.position or (None, None, None)
-            rows.append({"z_index": len(rows), "sop_instance_uid": ref.header.sop_instance_uid,
-                         "instance_number": ref.header.instance_number, "ipp_x": ipp[0], "ipp_y": ipp[1],
-                         "ipp_z": ipp[2], "source_uri": ref.header.source_uri, "pixel_md5": digest,
-                         "frame_index": ref.frame})
+            rows.append(_slice_row(z, plan.slices[grid.sources[z][0]], grid.positions[z], slice_md5(plane)))
     writer.close()
     return rows
+
+
+def _fingerprint(plan: StackPlan, grid: resample.Grid | None) -> str:
+    """The plan's fingerprint, plus the resampling that shaped the volume."""
+    return plan.fingerprint() + ("" if grid is None else f"+resampled:{plan.ordering.geometry}")
 
 
 def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +244,8 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -
             "zarr_uri": schemas.zarr_uri(settings.output, plan.series_key),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
-            "provenance": {"pipeline_version": PIPELINE_VERSION, "input_fingerprint": plan.fingerprint(),
+            "provenance": {"pipeline_version": PIPELINE_VERSION,
+                           "input_fingerprint": _fingerprint(plan, output_grid(plan, settings)),
                            "source_count": len(plan.instances)}}
 
 
@@ -212,7 +263,7 @@ def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any
     if settings.overwrite or not storage.exists(uri):
         return None
     record = json.loads(storage.read_bytes(uri))
-    if record.get("provenance", {}).get("input_fingerprint") != plan.fingerprint():
+    if record.get("provenance", {}).get("input_fingerprint") != _fingerprint(plan, output_grid(plan, settings)):
         return None
     return record
 
@@ -220,11 +271,14 @@ def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any
 def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) -> StackResult:
     storage.remove_tree(schemas.zarr_uri(settings.output, plan.series_key))
     dicom = dicom_attributes(plan)
-    record = {**dicom, "status": schemas.FAILED, "reason": f"{failure.reason} ({failure.header.source_uri})",
-              "zarr_uri": None, "n_source_files": len(plan.instances)}
+    culprit = failure.header
+    summary = f"{failure.reason} ({culprit.source_uri})" if culprit else failure.reason
+    record = {**dicom, "status": schemas.FAILED, "reason": summary, "zarr_uri": None,
+              "n_source_files": len(plan.instances)}
     instances = [
         schemas.instance_row(h.source_uri, schemas.FAILED,
-                             failure.reason if h is failure.header else f"stack not converted: {failure.header.source_uri} failed",
+                             failure.reason if culprit is None or h is culprit
+                             else f"stack not converted: {culprit.source_uri} failed",
                              h.sop_instance_uid, h.series_instance_uid, plan.series_key)
         for h in plan.instances
     ]
@@ -245,10 +299,14 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     if storage.exists(json_uri):  # stale commit: un-commit first so a crash cannot leave it valid
         storage.remove_tree(json_uri)
     storage.remove_tree(zarr_uri)
-    dicom = dicom_attributes(plan)
+    if plan.ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "fail":
+        reason = f"irregular spacing (largest step {plan.ordering.max_gap:.3f} mm) and --irregular=fail"
+        return _failed(plan, StackFailed(None, reason), settings)
+    grid = output_grid(plan, settings)
+    dicom = dicom_attributes(plan, grid)
     try:
         slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                               settings.max_pixel_bytes, executor)
+                               settings.max_pixel_bytes, executor, grid)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))

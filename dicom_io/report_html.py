@@ -29,7 +29,8 @@ th{background:#eef1f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fff1f1}tr.ok td.status{color:#17652f;font-weight:600}
 tr.failed td.status{color:#a11d1d;font-weight:600}code{font-size:12px;word-break:break-all}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d5dae4;border-radius:6px;padding:8px;background:#f8f9fc}
-.card img{display:block;background:#000;margin:4px 0;max-width:780px}.card .key{font-size:12px;word-break:break-all;max-width:780px}
+.card .images{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap}.card img{display:block;background:#000}
+.card .key{font-size:12px;word-break:break-all;margin-bottom:4px}
 .muted{color:#5b6475}
 """
 
@@ -144,7 +145,7 @@ def _thumbnails(data: ReportData) -> str:
         images = "".join(_img(n, data) for n in names)
         cards.append(f'<div class="card" data-series-key="{escape(row["series_key"])}">'
                      f'<div class="key"><code>{escape(row["series_key"])}</code> · {escape(row.get("geometry") or "")}'
-                     f' · {escape(row["status"])}</div>{images}</div>')
+                     f' · {escape(row["status"])}</div><div class="images">{images}</div></div>')
     if not cards:
         return '<p class="muted" id="thumbnails">No thumbnails.</p>'
     return ('<p class="muted">Middle slice, then the middle plane along z, y and x at true physical scale '
@@ -176,6 +177,8 @@ def _conversion_failures(data: ReportData) -> str:
     reasons = [f'<tr><td>{escape(k)}</td>{_num(n)}</tr>' for k, n in sorted(data.failed_reasons.items())]
     files = [f'<tr><td><code>{escape(r["source_uri"])}</code></td>{_cell(r.get("reason"))}</tr>'
              for r in sorted(data.failed_files, key=lambda r: r["source_uri"])[:MAX_ROWS]]
+    if not series_rows and not files:
+        return '<p id="failed-files" data-total="0">No series and no file failed conversion.</p>'
     return ("<h3>Series</h3>" + _table("failed-series", ("series_key", "reason"), series_rows, len(series_rows))
             + "<h3>Files by reason</h3>" + _table("failed-reasons", ("reason", "files"), reasons)
             + "<h3>Files</h3>" + _table("failed-files", ("source_uri", "reason"), files, data.failed_files_total)

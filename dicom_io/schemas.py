@@ -92,6 +92,7 @@ SERIES_SCHEMA = pa.schema(
         ("spacing_max", pa.float64()),
         ("max_gap", pa.float64()),
         ("tilt_degrees", pa.float64()),
+        ("resampled_from", pa.string()),
         ("n_source_files", pa.int64()),
     ]
     + [(column, typ) for _, column, typ in TAG_COLUMNS]

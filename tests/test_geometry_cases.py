@@ -165,3 +165,52 @@ def test_enhanced_multiframe_is_ordered_and_split_by_echo(cases):
         with open(schemas.slices_csv_uri(out, row["series_key"])) as fh:
             lines = fh.read().splitlines()[1:]
         assert len({line.split(",")[-1] for line in lines}) == 6  # six different frames of the one file
+
+
+@pytest.fixture(scope="module")
+def resampled(tmp_path_factory):
+    """A tilt of exactly one 0.8 mm row per 2 mm slice, and a stack with one slice missing."""
+    root = tmp_path_factory.mktemp("resample-in")
+    tilt = _spec("tilt-one-row", positions=[(-12.0, -12.0 + 0.8 * k, 2.0 * k) for k in range(6)])
+    gap = _spec("gap", positions=synthetic.axial_positions(8, 1.25, skip=(3,)))
+    synthetic.write_series(root / "tilt", tilt, seed=SEED)
+    synthetic.write_series(root / "gap", gap, seed=SEED)
+    outs = {}
+    for name, flags in {"resample": ["--tilt", "resample", "--irregular", "resample"],
+                        "fail": ["--irregular", "fail"]}.items():
+        outs[name] = str(tmp_path_factory.mktemp(f"resample-{name}"))
+        run(["--input", str(root), "--output", outs[name], *flags, *RUNNER_ARGS])
+    rows = {mode: {r["series_instance_uid"]: r for r in read_table(out, "series").to_pylist()}
+            for mode, out in outs.items()}
+    return tilt, gap, rows, outs
+
+
+def test_tilt_resample_shifts_each_slice_back_onto_the_normal(resampled):
+    tilt, _, rows, _ = resampled
+    row = rows["resample"][tilt.series_uid]
+    assert row["geometry"] == "regular" and row["resampled_from"] == "tilted" and row["dtype"] == "float32"
+    volume, original = _volume(row), _hu(tilt)
+    for k in range(6):  # slice k drifted k rows along +y: row r of the output is row r - k of the input
+        assert np.array_equal(volume[k, k:], original[k, : 32 - k])
+    affine = np.array(_dicom(row)["affine_lps"])
+    assert affine[:3, 2] == pytest.approx([0.0, 0.0, 2.0])  # no shear left
+    assert row["spacing"][0] == pytest.approx(2.0)
+
+
+def test_irregular_resample_interpolates_the_missing_slice(resampled):
+    _, gap, rows, _ = resampled
+    row = rows["resample"][gap.series_uid]
+    assert row["resampled_from"] == "irregular_spacing" and row["n_slices"] == 8
+    assert row["spacing"][0] == pytest.approx(1.25)
+    volume, original = _volume(row), _hu(gap)  # 7 acquired slices, index 3 of 8 missing
+    assert np.array_equal(volume[[0, 1, 2, 4, 5, 6, 7]], original.astype(np.float32))
+    assert np.allclose(volume[3], (original[2] + original[3]) / 2)  # an estimate, and flagged as one
+
+
+def test_irregular_fail_records_the_stack_as_failed(resampled):
+    tilt, gap, rows, outs = resampled
+    assert rows["fail"][gap.series_uid]["status"] == "failed"
+    assert rows["fail"][gap.series_uid]["reason"].startswith("irregular spacing (largest step 2.500 mm)")
+    assert rows["fail"][tilt.series_uid]["geometry"] == "tilted"  # --tilt keeps by default
+    failed = [r for r in read_table(outs["fail"], "instances").to_pylist() if r["status"] == "failed"]
+    assert len(failed) == 7 and all(r["reason"].startswith("irregular spacing") for r in failed)

@@ -41,6 +41,7 @@ def metadata() -> dict:
 def option_actions() -> dict[str, argparse.Action]:
     """ConvertOptions' own flags, by dest, from the parser Beam builds them into."""
     parser = argparse.ArgumentParser()
+    convert.JobOptions._add_argparse_args(parser)
     convert.ConvertOptions._add_argparse_args(parser)
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
@@ -154,6 +155,8 @@ REGEX_SAMPLES = {
     "overwrite": (["true", "false"], ["True", "1", "yes", "", "truefalse"]),
     "max_pixel_bytes": (["4294967296", "1"], ["0", "-1", "4GiB", "1e9", "", "1.5"]),
     "table_shards": (["1", "128"], ["0", "-1", "auto", "", "1.0"]),
+    "tilt": (["keep", "resample"], ["", "KEEP", "fail"]),
+    "irregular": (["keep", "resample", "fail"], ["", "drop"]),
 }
 
 
@@ -171,10 +174,10 @@ def test_metadata_regexes_on_sample_values(name):
 def test_metadata_numbers_parse_as_their_options_do():
     actions = option_actions()
     argv = [f"--{p['name']}={p['defaultValue']}" for p in metadata()["parameters"] if p.get("paramType") == "NUMBER"]
-    opts = PipelineOptions(argv).view_as(convert.ConvertOptions)
+    opts = PipelineOptions(argv).get_all_options()  # shared (JobOptions) and convert flags alike
     for param in metadata()["parameters"]:
         if param.get("paramType") == "NUMBER":
-            assert getattr(opts, param["name"]) == actions[param["name"]].default
+            assert opts[param["name"]] == actions[param["name"]].default
 
 
 # ---- Dockerfile -------------------------------------------------------------------------
