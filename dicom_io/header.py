@@ -285,13 +285,38 @@ def _enhanced_defaults(ds: pydicom.Dataset, frames: tuple[FrameInfo, ...] | None
     return defaults
 
 
+def _tag_number(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+# Every element the record reads, looked up once by tag number (keyword lookups cost more
+# than parsing the header itself).
+_RECORD_KEYWORDS = tuple(dict.fromkeys(SERIES_TAGS + (
+    "ImageType", "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ImagePositionPatient",
+    "ImageOrientationPatient", "ImagerPixelSpacing", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
+    "BitsStored", "PixelRepresentation", "EchoNumbers", "EchoTime", "TemporalPositionIdentifier",
+    "TriggerTime", "AcquisitionNumber", "ModalityLUTSequence")))
+_RECORD_TAGS = tuple((kw, _tag_number(kw)) for kw in _RECORD_KEYWORDS)
+
+
+def element_values(ds: pydicom.Dataset) -> dict[str, Any]:
+    """Values of the record's elements present in `ds`, by keyword (one lookup each, by tag)."""
+    present = ds._dict
+    return {kw: ds[tag].value for kw, tag in _RECORD_TAGS if tag in present}
+
+
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
     """Build the small record from an already parsed dataset."""
     tsuid = ensure_transfer_syntax(ds)
-    image_type = tuple(str(v) for v in (ds.get("ImageType") or ()))
-    if isinstance(ds.get("ImageType"), str):
-        image_type = (str(ds.ImageType),)
-    tags = {kw: json_value(ds.get(kw)) for kw in SERIES_TAGS if kw in ds}
+    v = element_values(ds)
+    raw_type = v.get("ImageType") or ()
+    image_type = (str(raw_type),) if isinstance(raw_type, str) else tuple(str(t) for t in raw_type)
+    tags = {kw: json_value(v[kw]) for kw in SERIES_TAGS if kw in v}
     frames = enhanced_frames(ds)
     enhanced = _enhanced_defaults(ds, frames)
     if "slice_thickness" in enhanced:
@@ -301,35 +326,35 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
     header = InstanceHeader(
         source_uri=uri,
         size_bytes=size_bytes,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        study_instance_uid=str(ds.get("StudyInstanceUID", "") or ""),
-        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+        sop_instance_uid=str(v.get("SOPInstanceUID", "") or ""),
+        series_instance_uid=str(v.get("SeriesInstanceUID", "") or ""),
+        study_instance_uid=str(v.get("StudyInstanceUID", "") or ""),
+        sop_class_uid=str(v.get("SOPClassUID", "") or ""),
         transfer_syntax_uid=tsuid,
-        modality=str(ds.get("Modality", "") or ""),
+        modality=str(v.get("Modality", "") or ""),
         image_type=image_type,
-        instance_number=_num(ds, "InstanceNumber", int),
-        image_position=_floats(ds, "ImagePositionPatient", 3),
-        image_orientation=_floats(ds, "ImageOrientationPatient", 6),
-        pixel_spacing=_floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2),
-        rows=_num(ds, "Rows", int, 0),
-        columns=_num(ds, "Columns", int, 0),
-        number_of_frames=max(1, _num(ds, "NumberOfFrames", int, 1) or 1),
-        samples_per_pixel=_num(ds, "SamplesPerPixel", int, 1),
-        photometric=str(ds.get("PhotometricInterpretation", "") or ""),
-        bits_allocated=_num(ds, "BitsAllocated", int, 16),
-        bits_stored=_num(ds, "BitsStored", int, _num(ds, "BitsAllocated", int, 16)),
-        pixel_representation=_num(ds, "PixelRepresentation", int, 0),
-        rescale_slope=_num(ds, "RescaleSlope", float, 1.0),
-        rescale_intercept=_num(ds, "RescaleIntercept", float, 0.0),
-        echo_number=_num(ds, "EchoNumbers", int),
-        echo_time=_num(ds, "EchoTime", float),
-        temporal_position=_num(ds, "TemporalPositionIdentifier", int),
-        trigger_time=_num(ds, "TriggerTime", float),
-        acquisition_number=_num(ds, "AcquisitionNumber", int),
+        instance_number=_num(v, "InstanceNumber", int),
+        image_position=_floats(v, "ImagePositionPatient", 3),
+        image_orientation=_floats(v, "ImageOrientationPatient", 6),
+        pixel_spacing=_floats(v, "PixelSpacing", 2) or _floats(v, "ImagerPixelSpacing", 2),
+        rows=_num(v, "Rows", int, 0),
+        columns=_num(v, "Columns", int, 0),
+        number_of_frames=max(1, _num(v, "NumberOfFrames", int, 1) or 1),
+        samples_per_pixel=_num(v, "SamplesPerPixel", int, 1),
+        photometric=str(v.get("PhotometricInterpretation", "") or ""),
+        bits_allocated=_num(v, "BitsAllocated", int, 16),
+        bits_stored=_num(v, "BitsStored", int, _num(v, "BitsAllocated", int, 16)),
+        pixel_representation=_num(v, "PixelRepresentation", int, 0),
+        rescale_slope=_num(v, "RescaleSlope", float, 1.0),
+        rescale_intercept=_num(v, "RescaleIntercept", float, 0.0),
+        echo_number=_num(v, "EchoNumbers", int),
+        echo_time=_num(v, "EchoTime", float),
+        temporal_position=_num(v, "TemporalPositionIdentifier", int),
+        trigger_time=_num(v, "TriggerTime", float),
+        acquisition_number=_num(v, "AcquisitionNumber", int),
         diffusion_b_value=_b_value(ds),
         pixel_element=pixel_element,
-        modality_lut_sequence="ModalityLUTSequence" in ds,
+        modality_lut_sequence="ModalityLUTSequence" in v,
         frames=frames,
         series_tags=tags,
     )
