@@ -85,6 +85,7 @@ class InstanceHeader:
     pixel_length: int | None = None  # its declared length; None when undefined (encapsulated)
     modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
     frames: tuple[FrameInfo, ...] | None = None  # enhanced multi-frame: per-frame geometry and values
+    burned_in_annotation: str | None = None  # (0028,0301): identifying text in the pixels
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -300,7 +301,7 @@ _RECORD_KEYWORDS = tuple(dict.fromkeys(SERIES_TAGS + (
     "ImageType", "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ImagePositionPatient",
     "ImageOrientationPatient", "ImagerPixelSpacing", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
     "BitsStored", "PixelRepresentation", "EchoNumbers", "EchoTime", "TemporalPositionIdentifier",
-    "TriggerTime", "AcquisitionNumber", "ModalityLUTSequence")))
+    "TriggerTime", "AcquisitionNumber", "ModalityLUTSequence", "BurnedInAnnotation")))
 _RECORD_TAGS = tuple((kw, _tag_number(kw)) for kw in _RECORD_KEYWORDS)
 
 
@@ -356,6 +357,7 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         pixel_element=pixel_element,
         modality_lut_sequence="ModalityLUTSequence" in v,
         frames=frames,
+        burned_in_annotation=str(v["BurnedInAnnotation"]) if v.get("BurnedInAnnotation") else None,
         series_tags=tags,
     )
     changes = {k: v for k, v in enhanced.items() if k != "slice_thickness" and v is not None

@@ -19,6 +19,7 @@ from typing import IO, Any, Iterable, Sequence
 
 from dicom_io import geometry, header, schemas, tags
 from dicom_io.errors import HeaderError
+from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.header import InstanceHeader
 from dicom_io.keys import series_key
 from dicom_io.plan import MISSING_SERIES_PREFIX
@@ -39,6 +40,7 @@ class CrawlSettings:
     tags_max_items: int | None = None  # items listed per sequence in the tags tables; None = all
     previous: str | None = None  # OUT of an earlier run whose rows unchanged files reuse
     previous_tags: bool = False  # that run wrote a long tags table (needed to reuse with all_tags)
+    deid: DeidSettings | None = None  # de-identify every row (no --all_tags then)
 
 
 # ---- instances --------------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def instance_row(h: InstanceHeader, mtime: float | None, reason: str = "") -> di
 
 
 def crawl(fp: IO[bytes], uri: str, size_bytes: int, mtime: float | None, all_tags: bool = False,
-          max_items: int | None = None) -> Crawled:
+          max_items: int | None = None, deid: "Deidentifier | None" = None) -> Crawled:
     """Parse one header (never the pixels) into its row, plus every element when `all_tags`.
 
     Raises NotDicomError for what does not parse; a header that parses but cannot be
@@ -96,6 +98,7 @@ def crawl(fp: IO[bytes], uri: str, size_bytes: int, mtime: float | None, all_tag
     entries = tags.flatten_dataset(ds, max_items=max_items) if all_tags else None  # before inference fills the meta
     try:
         h = header.header_record(ds, uri, size_bytes, pixel_element)
+        h = deid.header(h) if deid is not None else h
     except HeaderError as exc:
         return Crawled(failed_row(uri, size_bytes, mtime, str(exc)), entries)
     reason = "" if pixel_element else header.no_pixel_data_reason(ds)

@@ -186,13 +186,14 @@ def check_geometry(record: dict[str, Any], slices: list[dict[str, Any]],
     irregular_spacing the first and last slice, and positions strictly increasing along the normal."""
     result = CheckResult(GEOMETRY)
     kind = record.get("geometry")
-    if kind == geometry.NO_GEOMETRY:
-        return result
+    positions = [_position(r) for r in slices]
+    if kind == geometry.NO_GEOMETRY or (kind == geometry.SINGLE_SLICE and not record.get("affine_lps")
+                                        and all(p is None for p in positions)):
+        return result  # nothing to place: stacked by InstanceNumber, or a projection image without (0020,0032)
     if not record.get("affine_lps"):
         result.fail(f"geometry {kind} but no affine_lps")
         return result
     affine = np.asarray(record["affine_lps"], dtype=np.float64)
-    positions = [_position(r) for r in slices]
     if not positions or any(p is None for p in positions):
         result.fail(f"geometry {kind} but the slices CSV lacks positions")
         return result

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Callable, TypeVar
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from dicom_io.deid import DeidSettings
 from pipelines.report import print_counters
+
+DEID_KEY_ENV = "DICOMFLOW_DEID_KEY"
 
 O = TypeVar("O", bound=PipelineOptions)
 
@@ -38,6 +42,36 @@ class JobOptions(PipelineOptions):
         parser.add_argument("--manifest_column", default="uri", help="Manifest column holding file URIs")
         parser.add_argument("--table_shards", type=int, default=1,
                             help="Files per summary table (about one per 500,000 input files)")
+
+
+class DeidOptions(PipelineOptions):
+    """De-identification flags, shared by every job that writes header values."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--deidentify", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Apply the DICOM PS3.15 Basic Confidentiality Profile to everything written")
+        parser.add_argument("--deid_key", default=None,
+                            help=f"Secret for the keyed pseudonyms (or set {DEID_KEY_ENV}; keep it out of logs)")
+        parser.add_argument("--deid_keep_patient_characteristics", type=parse_bool, nargs="?", const=True,
+                            default=False, help="Retain Patient Characteristics Option: keep PatientSex/PatientAge")
+        parser.add_argument("--deid_keep_descriptions", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Retain Description Option: keep SeriesDescription")
+        parser.add_argument("--allow_burned_in", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Convert instances whose BurnedInAnnotation is YES even when de-identifying")
+
+
+def deid_settings(job: str, opts: PipelineOptions) -> DeidSettings | None:
+    """DeidSettings when --deidentify is set (the key from --deid_key or the environment), else None."""
+    deid = opts.view_as(DeidOptions)
+    if not deid.deidentify:
+        return None
+    key = deid.deid_key or os.environ.get(DEID_KEY_ENV, "")
+    if len(key) < 16:
+        raise SystemExit(f"pipelines.{job}: --deidentify needs a secret of at least 16 characters "
+                         f"(--deid_key or {DEID_KEY_ENV})")
+    return DeidSettings(key, deid.deid_keep_patient_characteristics, deid.deid_keep_descriptions,
+                        deid.allow_burned_in)
 
 
 def require(job: str, opts: PipelineOptions, *names: str) -> None:

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
 from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
-from pipelines.common import JobOptions, parse_bool, quiet_main, require, run_job
+from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
 from pipelines.report import print_summary
 from transforms.convert import ConvertToVolumes
 from transforms.tables import WriteSummaryTables
@@ -39,6 +39,7 @@ class ConvertOptions(PipelineOptions):
 def validate(opts: ConvertOptions) -> None:
     """Refuse a run that cannot do what was asked, before any worker starts."""
     require("convert", opts, "input", "output")
+    deid_settings("convert", opts)
     if opts.max_pixel_bytes <= 0:
         raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
 
@@ -53,7 +54,8 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     """Attach the convert graph to `pipeline`; returns the written table PCollections."""
     shared = opts.view_as(JobOptions)
     tables = pipeline | "Convert" >> ConvertToVolumes(
-        input_uri=shared.input, settings=settings_of(opts), manifest_column=shared.manifest_column)
+        input_uri=shared.input, settings=settings_of(opts), manifest_column=shared.manifest_column,
+        deid=deid_settings("convert", opts))
     return tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
 
 

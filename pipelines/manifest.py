@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io import schemas, storage
 from dicom_io.manifest import CrawlSettings
-from pipelines.common import JobOptions, quiet_main, require, run_job
+from pipelines.common import JobOptions, deid_settings, quiet_main, require, run_job
 from transforms.manifest import CrawlManifest, WriteManifest
 
 
@@ -45,6 +45,9 @@ class ManifestOptions(PipelineOptions):
 def validate(opts: ManifestOptions) -> None:
     """Refuse a run that cannot do what was asked, before any worker starts."""
     require("manifest", opts, "input", "output")
+    if deid_settings("manifest", opts) and opts.all_tags:
+        raise SystemExit("pipelines.manifest: --all_tags writes every element as found; it cannot be "
+                         "combined with --deidentify")
     if opts.num_shards is not None and opts.num_shards < 1:
         raise SystemExit("pipelines.manifest: --num_shards must be at least 1")
     if opts.tags_max_items < 0:
@@ -63,6 +66,7 @@ def settings_of(opts: ManifestOptions) -> CrawlSettings:
         input_uri=shared.input, manifest_column=shared.manifest_column, all_tags=opts.all_tags,
         tags_max_items=opts.tags_max_items or None, previous=opts.previous,
         previous_tags=bool(opts.previous and _previous_tables(opts.previous, schemas.TAGS_LONG_PREFIX)),
+        deid=deid_settings("manifest", opts),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from dicom_io.convert import ConvertSettings
+from dicom_io.deid import DeidSettings
 from transforms.headers import DropLocalizers, ReadHeaders
 from transforms.inputs import ListInputs
 from transforms.series import ConvertSeries
@@ -13,16 +14,18 @@ from transforms.series import ConvertSeries
 class ConvertToVolumes(beam.PTransform):
     """PBegin -> {"series": series rows, "instances": one instance row per input file}."""
 
-    def __init__(self, *, input_uri: str, settings: ConvertSettings, manifest_column: str = "uri"):
+    def __init__(self, *, input_uri: str, settings: ConvertSettings, manifest_column: str = "uri",
+                 deid: DeidSettings | None = None):
         super().__init__()
         self._input_uri = input_uri
         self._settings = settings
         self._manifest_column = manifest_column
+        self._deid = deid
 
     def expand(self, pbegin):
         files = pbegin | "ListInputs" >> ListInputs(self._input_uri, self._manifest_column)
-        headers = files | "ReadHeaders" >> ReadHeaders()
-        routed = headers["headers"] | "DropLocalizers" >> DropLocalizers()
+        headers = files | "ReadHeaders" >> ReadHeaders(self._deid)
+        routed = headers["headers"] | "DropLocalizers" >> DropLocalizers(self._deid)
         converted = routed["images"] | "ConvertSeries" >> ConvertSeries(self._settings)
         instances = (headers["rejected"], routed["dropped"], converted["instances"]) | "AllInstances" >> beam.Flatten()
         return {"series": converted["series"], "instances": instances}

@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from dicom_io import schemas, storage
+from dicom_io.deid import DeidSettings, Deidentifier, burned_in_reason
 from dicom_io.errors import DicomflowError, NoPixelDataError
 from dicom_io.header import InstanceHeader, read_header
 
@@ -22,7 +23,12 @@ class ReadHeaderFn(beam.DoFn):
 
     REJECTED = "rejected"
 
+    def __init__(self, deid: DeidSettings | None = None):
+        super().__init__()
+        self._deid_settings = deid
+
     def setup(self):
+        self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
         self.read = Metrics.counter(NAMESPACE, "files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.skipped = Metrics.counter(NAMESPACE, "files_skipped")
@@ -37,7 +43,8 @@ class ReadHeaderFn(beam.DoFn):
         try:
             size = storage.size_of(uri) if size is None else size
             with storage.open_read(uri) as fp:
-                yield read_header(fp, uri, size)
+                header = read_header(fp, uri, size)
+            yield self._deid.header(header) if self._deid else header
         except NoPixelDataError as exc:
             self.skipped.inc()
             yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.SKIPPED, str(exc)))
@@ -50,15 +57,24 @@ class ReadHeaderFn(beam.DoFn):
 
 
 class RouteInstancesFn(beam.DoFn):
-    """Drop localizers by (0008,0008) ImageType, each as an instance row with the reason."""
+    """Drop localizers by (0008,0008) ImageType, and when de-identifying instances with burned-in
+    text, each as an instance row with the reason."""
 
     DROPPED = "dropped"
+
+    def __init__(self, deid: DeidSettings | None = None):
+        super().__init__()
+        self._deid = deid
 
     def setup(self):
         self.localizers = Metrics.counter(NAMESPACE, "localizers_skipped")
 
     def process(self, h: InstanceHeader):
-        if h.is_localizer:
+        burned_in = burned_in_reason(h, self._deid)
+        if burned_in:
+            yield TaggedOutput(self.DROPPED, schemas.instance_row(
+                h.source_uri, schemas.SKIPPED, burned_in, h.sop_instance_uid, h.series_instance_uid))
+        elif h.is_localizer:
             self.localizers.inc()
             reason = "localizer: ImageType " + "\\".join(h.image_type)
             yield TaggedOutput(self.DROPPED, schemas.instance_row(
@@ -68,16 +84,26 @@ class RouteInstancesFn(beam.DoFn):
 
 
 class ReadHeaders(beam.PTransform):
-    """(uri, size) -> {"headers": InstanceHeader, "rejected": instance rows}."""
+    """(uri, size) -> {"headers": InstanceHeader (de-identified when asked), "rejected": instance rows}."""
+
+    def __init__(self, deid: DeidSettings | None = None):
+        super().__init__()
+        self._deid = deid
 
     def expand(self, files):
-        results = files | "ParseHeader" >> beam.ParDo(ReadHeaderFn()).with_outputs(ReadHeaderFn.REJECTED, main="headers")
+        results = files | "ParseHeader" >> beam.ParDo(ReadHeaderFn(self._deid)).with_outputs(
+            ReadHeaderFn.REJECTED, main="headers")
         return {"headers": results.headers, "rejected": results[ReadHeaderFn.REJECTED]}
 
 
 class DropLocalizers(beam.PTransform):
-    """InstanceHeader -> {"images": InstanceHeader, "dropped": instance rows}."""
+    """InstanceHeader -> {"images": InstanceHeader, "dropped": instance rows (localizers, burned-in text)}."""
+
+    def __init__(self, deid: DeidSettings | None = None):
+        super().__init__()
+        self._deid = deid
 
     def expand(self, headers):
-        results = headers | "Route" >> beam.ParDo(RouteInstancesFn()).with_outputs(RouteInstancesFn.DROPPED, main="images")
+        results = headers | "Route" >> beam.ParDo(RouteInstancesFn(self._deid)).with_outputs(
+            RouteInstancesFn.DROPPED, main="images")
         return {"images": results.images, "dropped": results[RouteInstancesFn.DROPPED]}

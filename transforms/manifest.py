@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from dicom_io import manifest, schemas, storage, tags
+from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
@@ -146,12 +147,14 @@ class ReuseUnchanged(beam.PTransform):
 class CrawlHeaderFn(beam.DoFn):
     """(uri, size, mtime) -> one instances row (main) and, with all_tags, (uri, entries) (tagged)."""
 
-    def __init__(self, all_tags: bool, max_items: int | None):
+    def __init__(self, all_tags: bool, max_items: int | None, deid: DeidSettings | None = None):
         super().__init__()
         self._all_tags = all_tags
         self._max_items = max_items
+        self._deid_settings = deid
 
     def setup(self):
+        self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
         self.parsed = Metrics.counter(NAMESPACE, "headers_parsed")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.no_pixels = Metrics.counter(NAMESPACE, "files_without_pixel_data")
@@ -162,7 +165,7 @@ class CrawlHeaderFn(beam.DoFn):
         try:
             size = storage.size_of(uri) if size is None else size
             with storage.open_read(uri) as fp:
-                crawled = manifest.crawl(fp, uri, size, mtime, self._all_tags, self._max_items)
+                crawled = manifest.crawl(fp, uri, size, mtime, self._all_tags, self._max_items, self._deid)
         except FileNotFoundError as exc:
             crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, f"source disappeared: {exc}"))
         except (DicomflowError, OSError) as exc:
@@ -179,13 +182,15 @@ class CrawlHeaderFn(beam.DoFn):
 class CrawlHeaders(beam.PTransform):
     """(uri, size, mtime) -> {"rows": instances rows, "tags": (uri, entries)}."""
 
-    def __init__(self, all_tags: bool = False, max_items: int | None = None):
+    def __init__(self, all_tags: bool = False, max_items: int | None = None, deid: DeidSettings | None = None):
         super().__init__()
         self._all_tags = all_tags
         self._max_items = max_items
+        self._deid = deid
 
     def expand(self, files):
-        results = files | "ParseHeader" >> beam.ParDo(CrawlHeaderFn(self._all_tags, self._max_items)).with_outputs(
+        parse = CrawlHeaderFn(self._all_tags, self._max_items, self._deid)
+        results = files | "ParseHeader" >> beam.ParDo(parse).with_outputs(
             TAGS, main="rows")
         return {"rows": results.rows, TAGS: results[TAGS]}
 
@@ -201,7 +206,7 @@ class CrawlManifest(beam.PTransform):
         s = self._settings
         listed = pbegin | "ListFiles" >> ListFiles(s.input_uri, s.manifest_column)
         split = listed | "ReuseUnchanged" >> ReuseUnchanged(s)
-        crawled = split["to_read"] | "CrawlHeaders" >> CrawlHeaders(s.all_tags, s.tags_max_items)
+        crawled = split["to_read"] | "CrawlHeaders" >> CrawlHeaders(s.all_tags, s.tags_max_items, s.deid)
         instances = (split["rows"], crawled["rows"]) | "AllInstances" >> beam.Flatten()
         entries = (split[TAGS], crawled[TAGS]) | "AllTags" >> beam.Flatten()
         return {"instances": instances, TAGS: entries}

@@ -1,0 +1,360 @@
+"""Dataset builders as Beam graphs: user tables CoGroupByKey'd with the summary series, rows from dicom_io.datasets.
+
+Also the two transforms the verify job shares: ReadSummaryTable and WriteShardedFiles.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
+
+from dicom_io import datasets, schemas, storage
+from dicom_io.errors import DicomflowError
+from transforms.headers import LOG, NAMESPACE
+
+UNMATCHED = "unmatched"
+
+
+# ---- shared: read a summary table, write sharded files -------------------------------------------
+
+class ReadSummaryTable(beam.PTransform):
+    """PBegin -> rows (dicts) of every OUT/summary/{name}-*.parquet shard."""
+
+    def __init__(self, output: str, name: str):
+        super().__init__()
+        self._pattern = schemas.table_prefix(output, name) + "-*.parquet"
+
+    def expand(self, pbegin):
+        return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._pattern)
+
+
+class KeyByShardFn(beam.DoFn):
+    """row -> (CRC32(row[key_field]) % num_shards, row)."""
+
+    def __init__(self, key_field: str, num_shards: int):
+        super().__init__()
+        self._key_field, self._num_shards = key_field, num_shards
+
+    def process(self, row):
+        yield datasets.shard_of_key(row.get(self._key_field), self._num_shards), row
+
+
+class WriteShardFilesFn(beam.DoFn):
+    """(shard index, {"rows": [...], "index": [...]}) -> URIs written, one file per format."""
+
+    def __init__(self, prefix: str, num_shards: int, formats: Sequence[tuple[str, Callable]]):
+        super().__init__()
+        self._prefix, self._num_shards, self._formats = prefix, num_shards, tuple(formats)
+
+    def setup(self):
+        self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
+
+    def process(self, element):
+        index, grouped = element
+        rows = list(grouped["rows"])
+        for ext, encode in self._formats:
+            self.bytes_written.inc(datasets.write_shard_file(self._prefix, ext, index, self._num_shards, encode(rows)))
+            yield datasets.shard_file_uri(self._prefix, index, self._num_shards, ext)
+
+
+class WriteShardedFiles(beam.PTransform):
+    """rows -> {prefix}-IIIII-of-NNNNN.{ext} per (ext, encode(rows) -> bytes): every shard written, even empty."""
+
+    def __init__(self, prefix: str, formats: Sequence[tuple[str, Callable]], key_field: str, num_shards: int = 1):
+        super().__init__()
+        self._prefix, self._formats, self._key_field = prefix, tuple(formats), key_field
+        self._num_shards = max(1, num_shards)
+
+    def expand(self, rows):
+        keyed = rows | "KeyByShard" >> beam.ParDo(KeyByShardFn(self._key_field, self._num_shards))
+        every_shard = rows.pipeline | "ShardIndexes" >> beam.Create([(i, None) for i in range(self._num_shards)])
+        return (
+            {"rows": keyed, "index": every_shard}
+            | "GroupByShard" >> beam.CoGroupByKey()
+            | "WriteShard" >> beam.ParDo(WriteShardFilesFn(self._prefix, self._num_shards, self._formats))
+        )
+
+
+# ---- user tables and images ------------------------------------------------------------------------
+
+def _read_checked(uri: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    rows = datasets.read_rows(uri)
+    datasets.require_columns(rows, columns, uri)
+    return rows
+
+
+class ReadUserTable(beam.PTransform):
+    """PBegin -> rows of a CSV/Parquet table (read on a worker, `_row` = its 0-based row), spread out."""
+
+    def __init__(self, uri: str, columns: Sequence[str] = ()):
+        super().__init__()
+        self._uri, self._columns = uri, tuple(columns)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "TableUri" >> beam.Create([self._uri])
+            | "ReadRows" >> beam.FlatMap(_read_checked, columns=self._columns)
+            | "Spread" >> beam.Reshuffle()
+        )
+
+
+class AttachImagesFn(beam.DoFn):
+    """{"series": row, ...} -> the same plus "images" (volume, slices CSV, previews from the slices CSV).
+
+    An unreadable slices CSV still yields the element (volume and CSV URIs, no previews), counted.
+    """
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def setup(self):
+        self.unreadable = Metrics.counter(NAMESPACE, "slices_csv_unreadable")
+
+    def process(self, element):
+        key = element["series"]["series_key"]
+        try:
+            images = datasets.series_images(self._output, key)
+        except (OSError, DicomflowError, ValueError) as exc:
+            self.unreadable.inc()
+            LOG.warning("%s: slices CSV unreadable (%s); no previews", key, exc)
+            images = {"volume_uri": schemas.zarr_uri(self._output, key),
+                      "slices_uri": schemas.slices_csv_uri(self._output, key), "preview_uri": None, "image_uris": []}
+        yield {**element, "images": images}
+
+
+def _keyed(row: dict[str, Any], key_fn: Callable, spec: Any) -> tuple[str | None, dict[str, Any]]:
+    return key_fn(row, spec), row
+
+
+def _has_key(element: tuple[str | None, Any]) -> bool:
+    return element[0] is not None
+
+
+def _is_converted(row: dict[str, Any]) -> bool:
+    return row.get("status") == schemas.CONVERTED
+
+
+class JoinFn(beam.DoFn):
+    """(key, {"series": [...], "rows": [...]}) -> matched elements (main) and unmatched rows (tagged)."""
+
+    def __init__(self, join: Callable, counter: str):
+        super().__init__()
+        self._join, self._counter = join, counter
+
+    def setup(self):
+        self.unmatched = Metrics.counter(NAMESPACE, self._counter)
+
+    def process(self, element):
+        key, grouped = element
+        matched, unmatched = self._join(key, list(grouped["series"]), list(grouped["rows"]))
+        yield from matched
+        for row in unmatched:
+            self.unmatched.inc()
+            yield TaggedOutput(UNMATCHED, row)
+
+
+class Join(beam.PTransform):
+    """{"series": rows, "rows": user rows} -> {"matched", "unmatched"}: keyed by the given functions,
+    CoGroupByKey'd, `join(key, series, rows)` per key (bind options with functools.partial). Series without a key cannot match; dropped from the join."""
+
+    def __init__(self, series_key: Callable, row_key: Callable, join: Callable, spec: Any, counter: str):
+        super().__init__()
+        self._series_key, self._row_key, self._join, self._spec = series_key, row_key, join, spec
+        self._counter = counter
+
+    def expand(self, tables):
+        series = (tables["series"] | "KeySeries" >> beam.Map(_keyed, self._series_key, self._spec)
+                  | "SeriesWithKey" >> beam.Filter(_has_key))
+        rows = tables["rows"] | "KeyRows" >> beam.Map(_keyed, self._row_key, self._spec)
+        results = (
+            {"series": series, "rows": rows}
+            | "CoGroup" >> beam.CoGroupByKey()
+            | "JoinRows" >> beam.ParDo(JoinFn(self._join, self._counter)).with_outputs(
+                UNMATCHED, main="matched")
+        )
+        return {"matched": results.matched, "unmatched": results[UNMATCHED]}
+
+
+# ---- outputs of both formats ---------------------------------------------------------------------
+
+class WriteDatasetFilesFn(beam.DoFn):
+    """One call: unmatched.csv and summary.json (and, for labels, dataset.json + train_dataset.csv)."""
+
+    def __init__(self, output: str, fmt: str):
+        super().__init__()
+        self._output, self._fmt = output, fmt
+
+    def process(self, _, unmatched, counts, entries=None):
+        unmatched = datasets.sort_rows(unmatched, ("table", "row", "reason"))
+        files = {schemas.UNMATCHED_CSV: datasets.encode_csv(unmatched, schemas.UNMATCHED_COLUMNS),
+                 schemas.DATASET_SUMMARY_JSON: datasets.encode_json(datasets.summary(self._fmt, counts, unmatched))}
+        if entries is not None:
+            entries = sorted(entries, key=lambda e: e["study_id"])
+            rows = [r for e in entries for r in datasets.train_rows(e)]
+            labels = list(entries[0]["labels"]) if entries else []
+            files[schemas.LABELS_JSON] = datasets.encode_json(entries)
+            files[schemas.LABELS_CSV] = datasets.encode_csv(rows, datasets.TRAIN_COLUMNS + tuple(labels))
+        for name, data in files.items():
+            storage.write_bytes(schemas.dataset_uri(self._output, self._fmt, name), data)
+            yield name
+
+
+def _split_of_row(row: dict[str, Any]) -> str:
+    return row["split"]
+
+
+def _split_and_patient(row: dict[str, Any]) -> tuple[str, str]:
+    return row["split"], row.get("patient_id") or row.get("study_id") or ""
+
+
+def _first(pair: tuple) -> Any:
+    return pair[0]
+
+
+def _series_key_of(element: dict[str, Any]) -> str:
+    return element["series_key"]
+
+
+class SplitCounts(beam.PTransform):
+    """Rows with a `split` -> {"<split>": n} and {"<split>": distinct patients}, as side-input-ready PCollections."""
+
+    def expand(self, rows):
+        per_split = rows | "Splits" >> beam.Map(_split_of_row) | "CountRows" >> beam.combiners.Count.PerElement()
+        patients = (rows | "SplitPatient" >> beam.Map(_split_and_patient) | "DistinctPatients" >> beam.Distinct()
+                    | "PatientSplit" >> beam.Map(_first) | "CountPatients" >> beam.combiners.Count.PerElement())
+        return {"rows": per_split, "patients": patients}
+
+
+def _vlm_counts(_, report_rows, pairs_by_split, patients_by_split, converted, with_pairs) -> dict[str, Any]:
+    return {"report_rows": report_rows, "pairs": sum(pairs_by_split.values()),
+            "pairs_by_split": {s: pairs_by_split.get(s, 0) for s in schemas.SPLITS},
+            "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
+            "series_converted": converted, "series_with_report": with_pairs,
+            "series_without_report": converted - with_pairs}
+
+
+def _labels_counts(_, label_rows, description_rows, studies_by_split, patients_by_split, series_rows) -> dict[str, Any]:
+    return {"label_rows": label_rows, "series_description_rows": description_rows,
+            "studies": sum(studies_by_split.values()),
+            "studies_by_split": {s: studies_by_split.get(s, 0) for s in schemas.SPLITS},
+            "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
+            "train_rows": series_rows}
+
+
+# ---- vlm ---------------------------------------------------------------------------------------------
+
+class BuildVlmPairs(beam.PTransform):
+    """PBegin -> image-text pairs: OUT/datasets/vlm/pairs-*.{jsonl,parquet}, unmatched.csv, summary.json."""
+
+    PAIR_SORT = ("series_key", "pair_id")
+
+    def __init__(self, *, output: str, report_table: str, spec: datasets.VlmSpec, num_shards: int = 1):
+        super().__init__()
+        self._output, self._report_table, self._spec, self._num_shards = output, report_table, spec, num_shards
+
+    def expand(self, pbegin):
+        series = pbegin | "ReadSeries" >> ReadSummaryTable(self._output, schemas.SUMMARY_SERIES_PREFIX)
+        reports = pbegin | "ReadReports" >> ReadUserTable(self._report_table, self._spec.report_columns)
+        joined = {"series": series, "rows": reports} | "JoinReports" >> Join(
+            datasets.series_report_key, datasets.report_key, functools.partial(datasets.join_reports, spec=self._spec),
+            self._spec, "report_rows_unmatched")
+        pairs = (joined["matched"] | "AttachImages" >> beam.ParDo(AttachImagesFn(self._output))
+                 | "PairRecords" >> beam.Map(_pair_record, self._spec.split))
+        formats = (("jsonl", functools.partial(datasets.encode_jsonl, sort_keys=self.PAIR_SORT)),
+                   ("parquet", functools.partial(datasets.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
+                                                 sort_keys=self.PAIR_SORT)))
+        pairs | "WritePairs" >> WriteShardedFiles(
+            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._num_shards)
+        splits = pairs | "SplitCounts" >> SplitCounts()
+        converted = series | "Converted" >> beam.Filter(_is_converted) | "CountConverted" >> beam.combiners.Count.Globally()
+        with_pairs = (pairs | "PairSeries" >> beam.Map(_series_key_of) | "DistinctSeries" >> beam.Distinct()
+                      | "CountSeriesWithPairs" >> beam.combiners.Count.Globally())
+        report_rows = reports | "CountReportRows" >> beam.combiners.Count.Globally()
+        counts = pbegin | "One" >> beam.Create([None]) | "Counts" >> beam.Map(
+            _vlm_counts, AsSingleton(report_rows), AsDict(splits["rows"]), AsDict(splits["patients"]),
+            AsSingleton(converted), AsSingleton(with_pairs))
+        return pbegin | "Once" >> beam.Create([None]) | "WriteSummary" >> beam.ParDo(
+            WriteDatasetFilesFn(self._output, schemas.VLM), AsList(joined["unmatched"]), AsSingleton(counts))
+
+
+def _pair_record(element: dict[str, Any], split: datasets.SplitSpec) -> dict[str, Any]:
+    return datasets.pair_record(element, element["images"], split)
+
+
+# ---- labels ------------------------------------------------------------------------------------------
+
+def _study_of(match: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return match["study_id"], match
+
+
+def _label_study(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    return datasets.normalize_key(row.get(datasets.STUDY_ID)), row
+
+
+class StudyEntryFn(beam.DoFn):
+    """(study_id, {"labels": [...], "series": [...]}) -> dataset.json entry (main), unmatched rows (tagged)."""
+
+    def __init__(self, spec: datasets.LabelSpec):
+        super().__init__()
+        self._spec = spec
+
+    def setup(self):
+        self.unmatched = Metrics.counter(NAMESPACE, "label_rows_unmatched")
+
+    def process(self, element):
+        study_id, grouped = element
+        entry, unmatched = datasets.study_entry(study_id, list(grouped["labels"]), list(grouped["series"]), self._spec)
+        if entry is not None:
+            yield entry
+        for row in unmatched:
+            self.unmatched.inc()
+            yield TaggedOutput(UNMATCHED, row)
+
+
+def _train_row_count(entry: dict[str, Any]) -> int:
+    return len(datasets.train_rows(entry))
+
+
+class BuildLabelDataset(beam.PTransform):
+    """PBegin -> OUT/datasets/labels/{dataset.json, train_dataset.csv, unmatched.csv, summary.json}."""
+
+    def __init__(self, *, output: str, labels_table: str, series_descriptions: str, spec: datasets.LabelSpec):
+        super().__init__()
+        self._output, self._labels, self._descriptions, self._spec = output, labels_table, series_descriptions, spec
+
+    def expand(self, pbegin):
+        series = pbegin | "ReadSeries" >> ReadSummaryTable(self._output, schemas.SUMMARY_SERIES_PREFIX)
+        descriptions = pbegin | "ReadDescriptions" >> ReadUserTable(
+            self._descriptions, (datasets.STUDY_ID, datasets.SERIES_ID, datasets.DESCRIPTION))
+        labels = pbegin | "ReadLabels" >> ReadUserTable(self._labels, (datasets.STUDY_ID,))
+        described = {"series": series, "rows": descriptions} | "JoinDescriptions" >> Join(
+            datasets.series_label_key, _description_key, datasets.join_descriptions, self._spec,
+            "description_rows_unmatched")
+        matched = (described["matched"] | "AttachImages" >> beam.ParDo(AttachImagesFn(self._output))
+                   | "KeyByStudy" >> beam.Map(_study_of))
+        studies = (
+            {"labels": labels | "KeyLabels" >> beam.Map(_label_study), "series": matched}
+            | "GroupByStudy" >> beam.CoGroupByKey()
+            | "StudyEntries" >> beam.ParDo(StudyEntryFn(self._spec)).with_outputs(UNMATCHED, main="entries")
+        )
+        entries = studies.entries
+        unmatched = (described["unmatched"], studies[UNMATCHED]) | "AllUnmatched" >> beam.Flatten()
+        splits = entries | "SplitCounts" >> SplitCounts()
+        train_rows = (entries | "TrainRows" >> beam.Map(_train_row_count)
+                      | "SumTrainRows" >> beam.CombineGlobally(sum))
+        counts = pbegin | "One" >> beam.Create([None]) | "Counts" >> beam.Map(
+            _labels_counts, AsSingleton(labels | "CountLabels" >> beam.combiners.Count.Globally()),
+            AsSingleton(descriptions | "CountDescriptions" >> beam.combiners.Count.Globally()),
+            AsDict(splits["rows"]), AsDict(splits["patients"]), AsSingleton(train_rows))
+        return pbegin | "Once" >> beam.Create([None]) | "WriteDataset" >> beam.ParDo(
+            WriteDatasetFilesFn(self._output, schemas.LABELS), AsList(unmatched), AsSingleton(counts), AsList(entries))
+
+
+def _description_key(row: dict[str, Any], spec: datasets.LabelSpec) -> str | None:
+    return datasets.description_key(row)
