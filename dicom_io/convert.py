@@ -23,7 +23,7 @@ from dicom_io import geometry, pixels, resample, schemas, storage
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
-from dicom_io.volume import ARRAY_NAME, VolumeWriter, choose_layout, slice_md5
+from dicom_io.volume import ARRAY_NAME, COMPRESSION_LEVEL, VolumeWriter, choose_layout, slice_md5
 
 PIPELINE_VERSION = "dicomflow-0.1.0"
 TILT_MODES = ("keep", "resample")
@@ -38,6 +38,7 @@ class ConvertSettings:
     output: str
     overwrite: bool = False
     max_pixel_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES
+    compression_level: int = COMPRESSION_LEVEL  # Blosc zstd level, 1 (fastest) to 9
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
 
@@ -206,10 +207,10 @@ def _slice_row(z: int, ref: SliceRef, position, digest: str) -> dict[str, Any]:
             "pixel_md5": digest, "frame_index": ref.frame}
 
 
-def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_bytes: int,
+def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], settings: ConvertSettings,
                   executor: Executor | None = None, grid: resample.Grid | None = None) -> list[dict[str, Any]]:
     """Stream the stack into Zarr (through `grid` when resampling); rows for the slices CSV."""
-    first = plan.first
+    first, max_bytes = plan.first, settings.max_pixel_bytes
     for h in plan.instances:  # header-only size checks before the shard buffer is allocated
         try:
             pixels.check_size(h, max_bytes)
@@ -217,7 +218,7 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], max_byt
             raise StackFailed(h, str(exc)) from exc
     dicom = attributes["dicom"]
     layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
-    writer = VolumeWriter(uri, layout, attributes)
+    writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     rows: list[dict[str, Any]] = []
     loaded = _loaded(plan, max_bytes, executor)
     if grid is None:
@@ -306,7 +307,7 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     dicom = dicom_attributes(plan, grid)
     try:
         slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                               settings.max_pixel_bytes, executor, grid)
+                               settings, executor, grid)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))

@@ -104,9 +104,10 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
             pass
         elif h.samples_per_pixel == 1:
             arr = apply_modality_lut(arr, ds)
-    except (MemoryError, KeyboardInterrupt):
+    except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError, ...
+    except BaseException as exc:  # decoders raise ValueError, RuntimeError, ...; Rust plugins a
+        # pyo3 PanicException, which derives from BaseException, on corrupt data
         raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(exc).__name__}: {exc}") from exc
     colour = arr.ndim == (4 if h.number_of_frames > 1 else 3)
     if h.number_of_frames == 1 or (not colour and arr.ndim == 2):

@@ -23,6 +23,8 @@ SHARD_DEPTH = 64
 SHARD_MAX_BYTES = 64 * 1024 * 1024  # one shard is the writer's buffer: bounds its memory
 CHUNK_DEPTH = 16
 CHUNK_EDGE = 256
+# zstd level 3: measured 590 MB/s vs 270 MB/s at level 5 for 8 % more bytes (README "Benchmark").
+COMPRESSION_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class VolumeWriter:
     so decoding and Blosc encoding overlap; at most two shard buffers exist at once.
     """
 
-    def __init__(self, uri: str, layout: VolumeLayout, attributes: dict[str, Any]):
+    def __init__(self, uri: str, layout: VolumeLayout, attributes: dict[str, Any],
+                 compression_level: int = COMPRESSION_LEVEL):
         self.uri = uri
         self.layout = layout
         group = zarr.open_group(storage.zarr_store(uri), mode="w", zarr_format=3)
@@ -91,7 +94,7 @@ class VolumeWriter:
             dtype=layout.dtype,
             chunks=layout.chunks,
             shards=layout.shards,
-            compressors=BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.bitshuffle),
+            compressors=BloscCodec(cname="zstd", clevel=compression_level, shuffle=BloscShuffle.bitshuffle),
             fill_value=0,
             dimension_names=layout.dimension_names,
         )

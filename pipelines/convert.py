@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
 from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
+from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
 from pipelines.report import print_summary
 from transforms.convert import ConvertToVolumes
@@ -30,6 +31,8 @@ class ConvertOptions(PipelineOptions):
                             help="Rewrite series already committed (--overwrite, or =true/false as templates pass)")
         parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
                             help="Refuse instances whose decoded pixels would exceed this many bytes")
+        parser.add_argument("--compression_level", type=int, default=COMPRESSION_LEVEL,
+                            help="Blosc zstd level of the volumes, 1 (fastest) to 9 (smallest)")
         parser.add_argument("--tilt", choices=TILT_MODES, default="keep",
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
@@ -42,12 +45,14 @@ def validate(opts: ConvertOptions) -> None:
     deid_settings("convert", opts)
     if opts.max_pixel_bytes <= 0:
         raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
+    if not 1 <= opts.compression_level <= 9:
+        raise SystemExit("pipelines.convert: --compression_level must be 1 to 9")
 
 
 def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
-                           tilt=opts.tilt, irregular=opts.irregular)
+                           compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular)
 
 
 def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:

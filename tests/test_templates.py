@@ -156,6 +156,7 @@ REGEX_SAMPLES = {
     "max_pixel_bytes": (["4294967296", "1"], ["0", "-1", "4GiB", "1e9", "", "1.5"]),
     "table_shards": (["1", "128"], ["0", "-1", "auto", "", "1.0"]),
     "tilt": (["keep", "resample"], ["", "KEEP", "fail"]),
+    "compression_level": (["1", "3", "9"], ["0", "10", "", "3.5"]),
     "irregular": (["keep", "resample", "fail"], ["", "drop"]),
 }
 
