@@ -15,6 +15,9 @@ $(VENV)/.runtime: requirements.txt setup.py
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 	$(PIP) install -q -r requirements-test.txt
+	@# the verify report is checked in a real browser: Debian's chromium
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $@
 
 demo: $(VENV)/.runtime
@@ -79,3 +82,17 @@ $(AIRFLOW_VENV)/.airflow: templates/composer/requirements-airflow.txt
 
 test-dag: $(AIRFLOW_VENV)/.airflow
 	$(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider templates/composer/test_dag.py
+
+# ---- Fuzzing: fuzz/fuzz_header.py (atheris) over the header pass and planning ---------------------
+# make fuzz [FUZZ_SECONDS=60]: a fresh tmp dir holds the corpus (seeded with small real files) and any
+# crash-* input; FUZZ_COLLECT=DIR records every distinct finding there instead of stopping at the first.
+ATHERIS_VERSION ?= 3.0.0
+FUZZ_SECONDS    ?= 60
+
+.PHONY: fuzz
+
+fuzz: $(VENV)/.runtime
+	$(PIP) install -q atheris==$(ATHERIS_VERSION)
+	dir=$$(mktemp -d -t dicomflow-fuzz-XXXXXX) && echo "fuzz corpus and crash inputs in $$dir" && \
+	    $(PY) fuzz/fuzz_header.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	        -artifact_prefix=$$dir/ $$dir/corpus

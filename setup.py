@@ -24,5 +24,7 @@ setup(
     packages=["dicom_io", "transforms", "pipelines"],
     install_requires=_requirements(),
     entry_points={"console_scripts": ["dicomflow-convert=pipelines.convert:main",
-                                      "dicomflow-manifest=pipelines.manifest:main"]},
+                                      "dicomflow-manifest=pipelines.manifest:main",
+                                      "dicomflow-verify=pipelines.verify:main",
+                                      "dicomflow-dataset=pipelines.dataset:main"]},
 )

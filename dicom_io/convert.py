@@ -327,6 +327,21 @@ def pixel_digest(h: InstanceHeader, max_bytes: int = pixels.DEFAULT_MAX_PIXEL_BY
     return hashlib.md5(str(values.dtype).encode() + np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
+STATUS_RANK = {schemas.CONVERTED: 0, schemas.SKIPPED: 1, schemas.FAILED: 2}
+
+
+def merge_instance_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per file: a multi-frame file split into several stacks is listed once, under its
+    first stack, with the worst status among them (the slices CSVs of every stack list it)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        kept = merged.get(row["source_uri"])
+        if kept is None or STATUS_RANK[row["status"]] > STATUS_RANK[kept["status"]]:
+            merged[row["source_uri"]] = row if kept is None else {**row, "series_key": kept["series_key"],
+                                                                   "z_index": kept["z_index"]}
+    return list(merged.values())
+
+
 def exclusion_rows(plan: SeriesPlan) -> list[dict[str, Any]]:
     """Instance rows for duplicates and other exclusions of a series plan."""
     return [schemas.instance_row(e.header.source_uri, e.status, e.reason, e.header.sop_instance_uid,

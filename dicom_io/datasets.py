@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -341,48 +340,3 @@ def summary(fmt: str, counts: dict[str, Any], unmatched: list[dict[str, Any]]) -
         table = by_reason.setdefault(row["table"], {})
         table[row["reason"]] = table.get(row["reason"], 0) + 1
     return {"format": fmt, **counts, "unmatched": len(unmatched), "unmatched_by_reason": by_reason}
-
-
-# ---- sharded, sorted files (pairs-*.jsonl/.parquet here; the verify tables too) ------------------
-# The dicom_io/tables.py pattern for tables outside OUT/summary: a row's shard is CRC32 of its key,
-# each shard sorted, so the same rows always give the same bytes whatever the bundling.
-
-def shard_of_key(key: Any, num_shards: int) -> int:
-    return zlib.crc32(str(key or "").encode("utf-8", "surrogatepass")) % num_shards
-
-
-def shard_file_uri(prefix: str, index: int, num_shards: int, ext: str) -> str:
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}.{ext}"
-
-
-def sort_rows(rows: Iterable[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: tuple(str(r.get(k) or "") for k in keys))
-
-
-def encode_parquet(rows: Iterable[dict[str, Any]], schema: pa.Schema, sort_keys: Sequence[str]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(sort_rows(rows, sort_keys), schema=schema), buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def encode_jsonl(rows: Iterable[dict[str, Any]], sort_keys: Sequence[str]) -> bytes:
-    lines = (json.dumps(r, sort_keys=True, ensure_ascii=False) for r in sort_rows(rows, sort_keys))
-    return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
-
-
-def write_shard_file(prefix: str, ext: str, index: int, num_shards: int, data: bytes) -> int:
-    """Write one shard atomically; shard 0 also removes shards of an earlier, other shard count."""
-    written = storage.write_bytes(shard_file_uri(prefix, index, num_shards, ext), data)
-    if index == 0:
-        for stale in storage.glob(f"{prefix}-*.{ext}"):
-            if not stale.endswith(f"-of-{num_shards:05d}.{ext}"):
-                storage.remove(stale)
-    return written
-
-
-def read_shards(prefix: str, schema: pa.Schema) -> pa.Table:
-    """Every {prefix}-*.parquet shard as one table (empty with `schema` when there is none)."""
-    files = storage.glob(f"{prefix}-*.parquet")
-    if not files:
-        return schema.empty_table()
-    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(f)), schema=schema) for f in files)

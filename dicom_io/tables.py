@@ -1,19 +1,25 @@
-"""Summary tables: deterministic shards on write, one table on read, through the storage helper.
+"""Deterministic sharded files: every table the pipelines write, and reading them back.
 
-Rows go to a shard by a stable hash of their key and are sorted within it, so the same
-inputs always give byte-identical Parquet files, whatever order workers produced them in.
+Rows go to a shard by CRC32 of their key (Python's hash is salted) and are sorted within it,
+so the same rows always give byte-identical files, whatever order workers produced them in.
+Every shard is written, even empty, atomically; shard 0 removes shards of an earlier run with
+another shard count.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zlib
-from typing import Any, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dicom_io import schemas, storage
+
+Encoder = Callable[[list[dict[str, Any]]], bytes]
 
 SCHEMAS = {schemas.SUMMARY_SERIES_PREFIX: schemas.SERIES_SCHEMA,
            schemas.SUMMARY_INSTANCES_PREFIX: schemas.INSTANCES_SCHEMA}
@@ -21,40 +27,55 @@ SORT_KEYS = {schemas.SUMMARY_SERIES_PREFIX: ("series_key", "series_instance_uid"
              schemas.SUMMARY_INSTANCES_PREFIX: ("source_uri", "series_key")}
 
 
-def shard_of(row: dict[str, Any], name: str, num_shards: int) -> int:
-    """Stable shard index of a row (CRC32 of its first sort key; Python's hash is salted)."""
-    key = str(row.get(SORT_KEYS[name][0]) or "")
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % num_shards
+def shard_of_key(key: Any, num_shards: int) -> int:
+    """Stable shard index of a key."""
+    return zlib.crc32(str(key or "").encode("utf-8", "surrogatepass")) % num_shards
 
 
-def shard_uri(output: str, name: str, index: int, num_shards: int) -> str:
-    return f"{schemas.table_prefix(output, name)}-{index:05d}-of-{num_shards:05d}.parquet"
+def shard_file_uri(prefix: str, index: int, num_shards: int, ext: str) -> str:
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.{ext}"
 
 
-def encode_shard(rows: Iterable[dict[str, Any]], name: str) -> bytes:
-    """Parquet bytes of `rows` sorted by the table's key; same rows, same bytes."""
-    keys = SORT_KEYS[name]
-    ordered = sorted(rows, key=lambda r: tuple(str(r.get(k) or "") for k in keys))
-    table = pa.Table.from_pylist(ordered, schema=SCHEMAS[name])
+def sort_rows(rows: Iterable[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: tuple(str(r.get(k) or "") for k in keys))
+
+
+def encode_parquet(rows: Iterable[dict[str, Any]], schema: pa.Schema, sort_keys: Sequence[str]) -> bytes:
+    """Parquet bytes of `rows` sorted by `sort_keys`: same rows, same bytes."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(sort_rows(rows, sort_keys), schema=schema), buffer, compression="zstd")
     return buffer.getvalue()
 
 
-def write_shard(output: str, name: str, index: int, num_shards: int, rows: Iterable[dict[str, Any]]) -> int:
+def encode_jsonl(rows: Iterable[dict[str, Any]], sort_keys: Sequence[str]) -> bytes:
+    """JSON Lines of `rows` sorted by `sort_keys`, keys sorted within each object."""
+    lines = (json.dumps(r, sort_keys=True, ensure_ascii=False) for r in sort_rows(rows, sort_keys))
+    return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+
+
+def write_shard_file(prefix: str, ext: str, index: int, num_shards: int, data: bytes) -> int:
     """Write one shard atomically; shard 0 also removes shards of an earlier, other shard count."""
-    written = storage.write_bytes(shard_uri(output, name, index, num_shards), encode_shard(rows, name))
+    written = storage.write_bytes(shard_file_uri(prefix, index, num_shards, ext), data)
     if index == 0:
-        suffix = f"-of-{num_shards:05d}.parquet"
-        for stale in storage.glob(schemas.table_prefix(output, name) + "-*.parquet"):
-            if not stale.endswith(suffix):
+        for stale in storage.glob(f"{prefix}-*.{ext}"):
+            if not stale.endswith(f"-of-{num_shards:05d}.{ext}"):
                 storage.remove(stale)
     return written
 
 
+def read_shards(prefix: str, schema: pa.Schema) -> pa.Table:
+    """Every {prefix}-*.parquet shard as one table (empty with `schema` when there is none)."""
+    files = storage.glob(f"{prefix}-*.parquet")
+    if not files:
+        return schema.empty_table()
+    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(f)), schema=schema) for f in files)
+
+
+def summary_encoder(name: str) -> Encoder:
+    """The Parquet encoder of summary table `name` (series or instances)."""
+    return partial(encode_parquet, schema=SCHEMAS[name], sort_keys=SORT_KEYS[name])
+
+
 def read_table(output: str, name: str) -> pa.Table:
     """All shards of OUT/summary/{name}-*.parquet as one table with the contract's schema."""
-    files = storage.glob(schemas.table_prefix(output, name) + "-*.parquet")
-    if not files:
-        return SCHEMAS[name].empty_table()
-    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(f)), schema=SCHEMAS[name]) for f in files)
+    return read_shards(schemas.table_prefix(output, name), SCHEMAS[name])

@@ -15,7 +15,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from dicom_io import datasets, schemas, storage
+from dicom_io import schemas, storage, tables
 from dicom_io.verify import POSITION_TOLERANCE_MM, VerifySettings
 from pipelines.common import JobOptions, quiet_main, require, run_job
 from pipelines.convert import ConvertOptions
@@ -72,15 +72,15 @@ def build(pipeline: beam.Pipeline, opts: VerifyOptions) -> dict:
 
 def problems(output: str) -> tuple[list[dict], list[dict]]:
     """(verify rows that failed, files failure rows) of OUT/verify."""
-    rows = datasets.read_shards(schemas.verify_prefix(output, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA)
-    files = datasets.read_shards(schemas.verify_prefix(output, schemas.VERIFY_FILES_PREFIX), schemas.VERIFY_FILES_SCHEMA)
+    rows = tables.read_shards(schemas.verify_prefix(output, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA)
+    files = tables.read_shards(schemas.verify_prefix(output, schemas.VERIFY_FILES_PREFIX), schemas.VERIFY_FILES_SCHEMA)
     return [r for r in rows.to_pylist() if r["status"] != schemas.OK], files.to_pylist()
 
 
 def summarize(opts: VerifyOptions) -> None:
     """What a user reads after a local run: the verdict, the first failures, where the report is."""
     output = opts.view_as(JobOptions).output
-    checked = datasets.read_shards(schemas.verify_prefix(output, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA)
+    checked = tables.read_shards(schemas.verify_prefix(output, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA)
     failed, files = problems(output)
     print(f"verified {checked.num_rows} series: {checked.num_rows - len(failed)} ok, {len(failed)} failed; "
           f"{len(files)} instances-table accounting failures")

@@ -1,6 +1,6 @@
 """Dataset builders as Beam graphs: user tables CoGroupByKey'd with the summary series, rows from dicom_io.datasets.
 
-Also the two transforms the verify job shares: ReadSummaryTable and WriteShardedFiles.
+Also ReadSummaryTable, which the verify job shares.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
-from dicom_io import datasets, schemas, storage
+from dicom_io import datasets, schemas, storage, tables
 from dicom_io.errors import DicomflowError
+from transforms.tables import WriteShardedFiles
 from transforms.headers import LOG, NAMESPACE
 
 UNMATCHED = "unmatched"
@@ -30,53 +31,6 @@ class ReadSummaryTable(beam.PTransform):
 
     def expand(self, pbegin):
         return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._pattern)
-
-
-class KeyByShardFn(beam.DoFn):
-    """row -> (CRC32(row[key_field]) % num_shards, row)."""
-
-    def __init__(self, key_field: str, num_shards: int):
-        super().__init__()
-        self._key_field, self._num_shards = key_field, num_shards
-
-    def process(self, row):
-        yield datasets.shard_of_key(row.get(self._key_field), self._num_shards), row
-
-
-class WriteShardFilesFn(beam.DoFn):
-    """(shard index, {"rows": [...], "index": [...]}) -> URIs written, one file per format."""
-
-    def __init__(self, prefix: str, num_shards: int, formats: Sequence[tuple[str, Callable]]):
-        super().__init__()
-        self._prefix, self._num_shards, self._formats = prefix, num_shards, tuple(formats)
-
-    def setup(self):
-        self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
-
-    def process(self, element):
-        index, grouped = element
-        rows = list(grouped["rows"])
-        for ext, encode in self._formats:
-            self.bytes_written.inc(datasets.write_shard_file(self._prefix, ext, index, self._num_shards, encode(rows)))
-            yield datasets.shard_file_uri(self._prefix, index, self._num_shards, ext)
-
-
-class WriteShardedFiles(beam.PTransform):
-    """rows -> {prefix}-IIIII-of-NNNNN.{ext} per (ext, encode(rows) -> bytes): every shard written, even empty."""
-
-    def __init__(self, prefix: str, formats: Sequence[tuple[str, Callable]], key_field: str, num_shards: int = 1):
-        super().__init__()
-        self._prefix, self._formats, self._key_field = prefix, tuple(formats), key_field
-        self._num_shards = max(1, num_shards)
-
-    def expand(self, rows):
-        keyed = rows | "KeyByShard" >> beam.ParDo(KeyByShardFn(self._key_field, self._num_shards))
-        every_shard = rows.pipeline | "ShardIndexes" >> beam.Create([(i, None) for i in range(self._num_shards)])
-        return (
-            {"rows": keyed, "index": every_shard}
-            | "GroupByShard" >> beam.CoGroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFilesFn(self._prefix, self._num_shards, self._formats))
-        )
 
 
 # ---- user tables and images ------------------------------------------------------------------------
@@ -191,7 +145,7 @@ class WriteDatasetFilesFn(beam.DoFn):
         self._output, self._fmt = output, fmt
 
     def process(self, _, unmatched, counts, entries=None):
-        unmatched = datasets.sort_rows(unmatched, ("table", "row", "reason"))
+        unmatched = tables.sort_rows(unmatched, ("table", "row", "reason"))
         files = {schemas.UNMATCHED_CSV: datasets.encode_csv(unmatched, schemas.UNMATCHED_COLUMNS),
                  schemas.DATASET_SUMMARY_JSON: datasets.encode_json(datasets.summary(self._fmt, counts, unmatched))}
         if entries is not None:
@@ -266,8 +220,8 @@ class BuildVlmPairs(beam.PTransform):
             self._spec, "report_rows_unmatched")
         pairs = (joined["matched"] | "AttachImages" >> beam.ParDo(AttachImagesFn(self._output))
                  | "PairRecords" >> beam.Map(_pair_record, self._spec.split))
-        formats = (("jsonl", functools.partial(datasets.encode_jsonl, sort_keys=self.PAIR_SORT)),
-                   ("parquet", functools.partial(datasets.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
+        formats = (("jsonl", functools.partial(tables.encode_jsonl, sort_keys=self.PAIR_SORT)),
+                   ("parquet", functools.partial(tables.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
                                                  sort_keys=self.PAIR_SORT)))
         pairs | "WritePairs" >> WriteShardedFiles(
             schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._num_shards)

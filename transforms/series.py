@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows, pixel_digest
+from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows, merge_instance_rows, pixel_digest
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
 from transforms.headers import LOG, NAMESPACE
@@ -43,15 +43,15 @@ class ConvertSeriesFn(beam.DoFn):
         try:
             digest = partial(pixel_digest, max_bytes=self._settings.max_pixel_bytes)
             plan = plan_series(series_uid, headers, digest)
-            for row in exclusion_rows(plan):
-                self.duplicates.inc()
-                yield TaggedOutput(self.INSTANCES, row)
+            rows = exclusion_rows(plan)
+            self.duplicates.inc(len(rows))
             for stack in plan.stacks:
                 result = convert_stack(stack, self._settings, self._pool)
                 self._count(result)
                 yield result.series
-                for row in result.instances:
-                    yield TaggedOutput(self.INSTANCES, row)
+                rows.extend(result.instances)
+            for row in merge_instance_rows(rows):
+                yield TaggedOutput(self.INSTANCES, row)
         except Exception as exc:
             raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
 

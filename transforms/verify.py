@@ -11,9 +11,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
-from dicom_io import datasets, report_html, schemas, storage, verify
+from dicom_io import report_html, schemas, storage, verify
+from dicom_io.tables import encode_parquet
 from dicom_io.verify import VerifySettings
-from transforms.dataset import ReadSummaryTable, WriteShardedFiles
+from transforms.dataset import ReadSummaryTable
+from transforms.tables import WriteShardedFiles
 from transforms.headers import LOG, NAMESPACE
 
 VERIFY_SORT, FILES_SORT = ("series_key",), ("source_uri", "check")
@@ -157,9 +159,9 @@ class WriteVerifyTables(beam.PTransform):
         self._output, self._num_shards = output, num_shards
 
     def expand(self, tables):
-        verify_format = (("parquet", functools.partial(datasets.encode_parquet, schema=schemas.VERIFY_SCHEMA,
+        verify_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_SCHEMA,
                                                        sort_keys=VERIFY_SORT)),)
-        files_format = (("parquet", functools.partial(datasets.encode_parquet, schema=schemas.VERIFY_FILES_SCHEMA,
+        files_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_FILES_SCHEMA,
                                                       sort_keys=FILES_SORT)),)
         written_verify = tables["verify"] | "VerifyTable" >> WriteShardedFiles(
             schemas.verify_prefix(self._output, schemas.VERIFY_PREFIX), verify_format, "series_key", self._num_shards)
