@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dicom_io import geometry, pixels, resample, schemas, storage
+from dicom_io import geometry, pixels, previews, resample, schemas, storage
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
@@ -39,6 +39,7 @@ class ConvertSettings:
     overwrite: bool = False
     max_pixel_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES
     compression_level: int = COMPRESSION_LEVEL  # Blosc zstd level, 1 (fastest) to 9
+    previews: previews.PreviewSettings = previews.PreviewSettings()
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
 
@@ -204,7 +205,33 @@ def _slice_row(z: int, ref: SliceRef, position, digest: str) -> dict[str, Any]:
     ipp = position or (None, None, None)
     return {"z_index": z, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
-            "pixel_md5": digest, "frame_index": ref.frame}
+            "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None}
+
+
+class _SlicePreviews:
+    """--previews=all: each plane encoded and written on the executor while the volume streams."""
+
+    def __init__(self, plan: StackPlan, dicom: dict[str, Any], settings: ConvertSettings, executor: Executor | None):
+        self._plan, self._dicom, self._settings, self._executor = plan, dicom, settings, executor
+        self._futures: list = []
+        self.enabled = settings.previews.mode == "all"
+
+    def add(self, row: dict[str, Any], ref: SliceRef, plane: Any) -> None:
+        if not self.enabled:
+            return
+        p = self._settings.previews
+        uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, row["z_index"],
+                                         ref.header.sop_instance_uid, ref.header.label, ref.frame,
+                                         ref.header.number_of_frames)
+        row["preview_uri"] = uri
+        if self._executor is None:
+            previews.write_slice(uri, plane, self._dicom, p)
+        else:
+            self._futures.append(self._executor.submit(previews.write_slice, uri, plane, self._dicom, p))
+
+    def wait(self) -> None:
+        for future in self._futures:
+            future.result()
 
 
 def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], settings: ConvertSettings,
@@ -219,6 +246,7 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
     dicom = attributes["dicom"]
     layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
+    slice_previews = _SlicePreviews(plan, dicom, settings, executor)
     rows: list[dict[str, Any]] = []
     loaded = _loaded(plan, max_bytes, executor)
     if grid is None:
@@ -226,18 +254,39 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
             for ref, plane, digest in zip(refs, planes, digests):
                 writer.append(plane)
                 rows.append(_slice_row(len(rows), ref, ref.position, digest))
+                slice_previews.add(rows[-1], ref, plane)
     else:  # each output plane is recorded with the lower of the input slices it was made from
         inputs = (plane for _, planes, _ in loaded for plane in planes)
         for z, plane in enumerate(resample.resample(inputs, grid)):
             writer.append(plane)
-            rows.append(_slice_row(z, plan.slices[grid.sources[z][0]], grid.positions[z], slice_md5(plane)))
+            ref = plan.slices[grid.sources[z][0]]
+            rows.append(_slice_row(z, ref, grid.positions[z], slice_md5(plane)))
+            slice_previews.add(rows[-1], ref, plane)
     writer.close()
+    slice_previews.wait()
+    if settings.previews.mode == "middle":
+        _series_previews(uri, dicom, settings, plan.series_key, rows)
     return rows
 
 
-def _fingerprint(plan: StackPlan, grid: resample.Grid | None) -> str:
-    """The plan's fingerprint, plus the resampling that shaped the volume."""
-    return plan.fingerprint() + ("" if grid is None else f"+resampled:{plan.ordering.geometry}")
+def _series_previews(uri: str, dicom: dict[str, Any], settings: ConvertSettings, key: str,
+                     rows: list[dict[str, Any]]) -> None:
+    """--previews=middle: the middle slice and a three-plane montage, from the written volume."""
+    import zarr
+
+    volume = zarr.open_group(storage.zarr_store(uri), mode="r")[ARRAY_NAME]
+    uris = previews.series_preview_uris(settings.output, settings.previews, key)
+    previews.write_series(volume, dicom, settings.previews, uris)
+    rows[len(rows) // 2]["preview_uri"] = uris[0]
+
+
+def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
+    """The plan's fingerprint, plus what else shapes the outputs (resampling, compression, previews)."""
+    grid = output_grid(plan, settings)
+    resampled = "" if grid is None else f"+resampled:{plan.ordering.geometry}"
+    p = settings.previews
+    shown = "" if p.mode == "none" else f"+previews:{p.mode}:{p.fmt}:{p.naming}"
+    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}"
 
 
 def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +295,7 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
             "provenance": {"pipeline_version": PIPELINE_VERSION,
-                           "input_fingerprint": _fingerprint(plan, output_grid(plan, settings)),
+                           "input_fingerprint": _fingerprint(plan, settings),
                            "source_count": len(plan.instances)}}
 
 
@@ -264,7 +313,7 @@ def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any
     if settings.overwrite or not storage.exists(uri):
         return None
     record = json.loads(storage.read_bytes(uri))
-    if record.get("provenance", {}).get("input_fingerprint") != _fingerprint(plan, output_grid(plan, settings)):
+    if record.get("provenance", {}).get("input_fingerprint") != _fingerprint(plan, settings):
         return None
     return record
 

@@ -86,6 +86,7 @@ class InstanceHeader:
     modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
     frames: tuple[FrameInfo, ...] | None = None  # enhanced multi-frame: per-frame geometry and values
     burned_in_annotation: str | None = None  # (0028,0301): identifying text in the pixels
+    label: str | None = None  # the file's value in the manifest's label column (preview names)
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property

@@ -56,22 +56,36 @@ def _resolve(base: str, value: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(base), value))
 
 
-def read_manifest(uri: str, column: str = "uri") -> list[str]:
-    """URIs in `column` of a CSV or Parquet manifest, relative paths resolved against it, deduplicated."""
+def _columns(uri: str, names: list[str]) -> list[list]:
+    """The named columns of a CSV or Parquet table, each as a list of values."""
     if uri.lower().endswith(".parquet"):
         with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
             table = pq.read_table(fp)
-        if column not in table.column_names:
-            raise ManifestError(f"manifest {uri} has no column {column!r} (columns: {table.column_names})")
-        values = table.column(column).to_pylist()
+        found = table.column_names
+        pick = lambda name: table.column(name).to_pylist()  # noqa: E731
     else:
-        text = storage.read_bytes(uri).decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text))
-        if column not in (reader.fieldnames or []):
-            raise ManifestError(f"manifest {uri} has no column {column!r} (columns: {reader.fieldnames})")
-        values = [row[column] for row in reader]
-    seen: dict[str, None] = {}
-    for value in values:
+        reader = csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig")))
+        rows, found = list(reader), reader.fieldnames or []
+        pick = lambda name: [row[name] for row in rows]  # noqa: E731
+    for name in names:
+        if name not in found:
+            raise ManifestError(f"manifest {uri} has no column {name!r} (columns: {list(found)})")
+    return [pick(name) for name in names]
+
+
+def read_manifest_entries(uri: str, column: str = "uri", label_column: str | None = None
+                          ) -> list[tuple[str, str | None]]:
+    """(URI, label) per file: URIs from `column` (relative ones resolved against the manifest,
+    repeats read once), labels from `label_column` (e.g. the PACS extract's instance_id)."""
+    columns = _columns(uri, [column] + ([label_column] if label_column else []))
+    labels = columns[1] if label_column else [None] * len(columns[0])
+    seen: dict[str, str | None] = {}
+    for value, label in zip(columns[0], labels):
         if value:
-            seen.setdefault(_resolve(uri, value.strip()), None)
-    return list(seen)
+            seen.setdefault(_resolve(uri, str(value).strip()), None if label is None else str(label))
+    return list(seen.items())
+
+
+def read_manifest(uri: str, column: str = "uri") -> list[str]:
+    """URIs in `column` of a CSV or Parquet manifest, relative paths resolved against it, deduplicated."""
+    return [u for u, _ in read_manifest_entries(uri, column)]

@@ -40,7 +40,7 @@ CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 
 # ---- slices CSV -------------------------------------------------------------------------
 SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index")
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri")
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
+from dicom_io import previews
 from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
@@ -33,6 +34,12 @@ class ConvertOptions(PipelineOptions):
                             help="Refuse instances whose decoded pixels would exceed this many bytes")
         parser.add_argument("--compression_level", type=int, default=COMPRESSION_LEVEL,
                             help="Blosc zstd level of the volumes, 1 (fastest) to 9 (smallest)")
+        parser.add_argument("--previews", choices=previews.MODES, default="none",
+                            help="none; middle (middle slice + axial/coronal/sagittal montage per volume); all")
+        parser.add_argument("--preview_format", choices=previews.FORMATS, default="jpeg", help="jpeg or png")
+        parser.add_argument("--preview_naming", default="key",
+                            help="key (OUT/previews/{series_key}/{z:05d}), sop ({SOPInstanceUID}, one folder) "
+                                 "or manifest:COLUMN (the file's value in that manifest column)")
         parser.add_argument("--tilt", choices=TILT_MODES, default="keep",
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
@@ -45,6 +52,13 @@ def validate(opts: ConvertOptions) -> None:
     deid_settings("convert", opts)
     if opts.max_pixel_bytes <= 0:
         raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
+    try:
+        previews.parse_naming(opts.preview_naming)
+    except ValueError as exc:
+        raise SystemExit(f"pipelines.convert: {exc}") from exc
+    if opts.preview_naming.startswith("manifest:") and not opts.view_as(JobOptions).input.lower().endswith(
+            (".csv", ".parquet")):
+        raise SystemExit("pipelines.convert: --preview_naming=manifest:COLUMN needs a manifest --input")
     if not 1 <= opts.compression_level <= 9:
         raise SystemExit("pipelines.convert: --compression_level must be 1 to 9")
 
@@ -52,15 +66,17 @@ def validate(opts: ConvertOptions) -> None:
 def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
-                           compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular)
+                           compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
+                           previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 
 def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     """Attach the convert graph to `pipeline`; returns the written table PCollections."""
     shared = opts.view_as(JobOptions)
+    settings = settings_of(opts)
     tables = pipeline | "Convert" >> ConvertToVolumes(
-        input_uri=shared.input, settings=settings_of(opts), manifest_column=shared.manifest_column,
-        deid=deid_settings("convert", opts))
+        input_uri=shared.input, settings=settings, manifest_column=shared.manifest_column,
+        deid=deid_settings("convert", opts), label_column=settings.previews.label_column)
     return tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
 
 

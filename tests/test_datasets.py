@@ -153,12 +153,12 @@ def test_read_rows_csv_and_parquet_with_their_row_index(tmp_path):
 def test_series_images_use_preview_uri_when_the_slices_csv_has_it(tmp_path):
     out = str(tmp_path)
     header = ",".join(schemas.SLICE_COLUMNS)
-    plain = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0" for z in range(3)]) + "\n"
+    plain = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0," for z in range(3)]) + "\n"
     storage.write_bytes(schemas.slices_csv_uri(out, "k"), plain.encode())
     images = datasets.series_images(out, "k")
     assert images == {"volume_uri": schemas.zarr_uri(out, "k"), "slices_uri": schemas.slices_csv_uri(out, "k"),
                       "preview_uri": None, "image_uris": []}
-    with_previews = "\n".join([header + ",preview_uri"] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0,p{z}.png"
+    with_previews = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0,p{z}.png"
                                                            for z in range(3)]) + "\n"
     storage.write_bytes(schemas.slices_csv_uri(out, "k"), with_previews.encode())
     images = datasets.series_images(out, "k")

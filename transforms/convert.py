@@ -15,15 +15,16 @@ class ConvertToVolumes(beam.PTransform):
     """PBegin -> {"series": series rows, "instances": one instance row per input file}."""
 
     def __init__(self, *, input_uri: str, settings: ConvertSettings, manifest_column: str = "uri",
-                 deid: DeidSettings | None = None):
+                 deid: DeidSettings | None = None, label_column: str | None = None):
         super().__init__()
         self._input_uri = input_uri
         self._settings = settings
         self._manifest_column = manifest_column
         self._deid = deid
+        self._label_column = label_column
 
     def expand(self, pbegin):
-        files = pbegin | "ListInputs" >> ListInputs(self._input_uri, self._manifest_column)
+        files = pbegin | "ListInputs" >> ListInputs(self._input_uri, self._manifest_column, self._label_column)
         headers = files | "ReadHeaders" >> ReadHeaders(self._deid)
         routed = headers["headers"] | "DropLocalizers" >> DropLocalizers(self._deid)
         converted = routed["images"] | "ConvertSeries" >> ConvertSeries(self._settings)

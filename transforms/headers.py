@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import apache_beam as beam
@@ -34,8 +35,8 @@ class ReadHeaderFn(beam.DoFn):
         self.skipped = Metrics.counter(NAMESPACE, "files_skipped")
         self._seen = 0
 
-    def process(self, element: tuple[str, int | None]):
-        uri, size = element
+    def process(self, element: tuple[str, int | None, str | None]):
+        uri, size, label = element
         self.read.inc()
         self._seen += 1
         if self._seen % PROGRESS_EVERY == 0:
@@ -44,6 +45,7 @@ class ReadHeaderFn(beam.DoFn):
             size = storage.size_of(uri) if size is None else size
             with storage.open_read(uri) as fp:
                 header = read_header(fp, uri, size)
+            header = dataclasses.replace(header, label=label) if label is not None else header
             yield self._deid.header(header) if self._deid else header
         except NoPixelDataError as exc:
             self.skipped.inc()

@@ -34,13 +34,13 @@ def listing_of(metadata) -> tuple[str, int, float | None]:
 
 
 class StatFn(beam.DoFn):
-    """(uri, size or None) from a manifest -> (uri, size, mtime); a missing file keeps Nones (read reports it)."""
+    """(uri, size or None, label) from a manifest -> (uri, size, mtime); a missing file keeps Nones (read reports it)."""
 
     def setup(self):
         self.missing = Metrics.counter(NAMESPACE, "files_missing_at_listing")
 
-    def process(self, element: tuple[str, int | None]):
-        uri, _ = element
+    def process(self, element: tuple[str, int | None, str | None]):
+        uri = element[0]
         try:
             size, mtime = storage.file_info(uri)
         except (OSError, DicomflowError):
