@@ -157,14 +157,20 @@ def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> t
     """Read and decode one instance, keep `frames` (in that order) cast to `dtype`, with their MD5s."""
     try:
         with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+            size = fp.seek(0, 2)
+            if size != h.size_bytes:  # the header pass described another file
+                raise StackFailed(h, f"source changed since its header was read ({h.size_bytes} -> {size} bytes)")
+            fp.seek(0)
             decoded = pixels.decode(fp, h, max_bytes)
         planes = [pixels.to_stored(decoded[f], dtype) for f in frames]
     except FileNotFoundError as exc:
         raise StackFailed(h, f"source disappeared: {exc}") from exc
-    except StorageError:
+    except (StorageError, StackFailed):
         raise
     except DicomflowError as exc:
         raise StackFailed(h, str(exc)) from exc
+    except ArithmeticError as exc:  # absurd rescale values
+        raise StackFailed(h, f"invalid image: {type(exc).__name__}: {exc}") from exc
     return h, planes, [slice_md5(plane) for plane in planes]
 
 
@@ -349,6 +355,7 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     if storage.exists(json_uri):  # stale commit: un-commit first so a crash cannot leave it valid
         storage.remove_tree(json_uri)
     storage.remove_tree(zarr_uri)
+    storage.remove(json_uri)  # revoke a commit another writer made during that cleanup: we redo it
     if plan.ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "fail":
         reason = f"irregular spacing (largest step {plan.ordering.max_gap:.3f} mm) and --irregular=fail"
         return _failed(plan, StackFailed(None, reason), settings)

@@ -7,6 +7,7 @@ choice and the output tables need (a few hundred bytes per instance).
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -17,9 +18,10 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
-from dicom_io.errors import HeaderError, NoPixelDataError, NotDicomError
+from dicom_io import deflate
+from dicom_io.errors import DicomflowError, HeaderError, NoPixelDataError, NotDicomError
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
+HEADER_INFLATE_LIMIT = 64 * 1024 * 1024  # a deflated header is parsed from at most this much
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 
@@ -134,7 +136,9 @@ def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] 
         numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    return numbers if len(numbers) == count else None
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):  # inf/nan: no geometry
+        return None
+    return numbers
 
 
 def _b_value(ds: pydicom.Dataset) -> float | None:
@@ -178,18 +182,28 @@ def ensure_transfer_syntax(ds: pydicom.Dataset) -> str:
 
 
 def _sop_class_name(ds: pydicom.Dataset) -> str:
+    try:
+        meta = getattr(ds, "file_meta", None) or {}
+        uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        return UID(str(uid)).name if uid else "no SOP class"
+    except Exception:  # an unreadable SOP Class UID (bad VR, bad length)
+        return "unreadable SOP class"
+
+
+def _known_sop_class(ds: pydicom.Dataset) -> bool:
+    """The SOP Class UID is a registered one (a damaged or cut-off UID is not)."""
+    from pydicom._uid_dict import UID_dictionary
+
     meta = getattr(ds, "file_meta", None) or {}
-    uid = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
-    return UID(str(uid)).name if uid else "no SOP class"
+    try:
+        uid = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    except Exception:
+        return False
+    return uid in UID_dictionary or uid.startswith(("1.2.840.10008.5.1.4.1.1.", "1.2.840.10008.1.3.10"))
 
 
 def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> tuple[str | None, int | None, int | None]:
     """Peek the element where header reading stopped: (pixel element name, value offset, length)."""
-    meta = getattr(ds, "file_meta", None) or {}
-    if meta.get("TransferSyntaxUID") == DEFLATED:  # the stream is compressed: no raw peek possible
-        fp.seek(0)
-        full = pydicom.dcmread(fp, force=True)
-        return next((name for name in PIXEL_TAGS.values() if name in full), None), None, None
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
@@ -209,21 +223,44 @@ def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> tuple[str | None, int 
     return name, start + header_size, length
 
 
-def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
-    """Parse the header of one file; raise NotDicomError / NoPixelDataError with the reason."""
+IMAGE_MODULE = ("Rows", "Columns", "BitsAllocated")
+
+
+def _bounded_parse(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Dataset, str | None, int | None, int | None]:
+    """Header (never the pixels) and the pixel element after it; every failure a specific error."""
     if size_bytes == 0:
         raise NotDicomError("not dicom: empty file")
-    ds = _parse(fp, uri)
-    pixel_element, offset, length = _pixel_element(fp, ds)
+    try:
+        meta = deflate.deflated_meta(fp)
+        if meta is not None:  # inflate a bounded amount, never the whole stream
+            (ds, pixel_element), offset, length = deflate.read_header(fp, meta, HEADER_INFLATE_LIMIT), None, None
+        else:
+            ds = _parse(fp, uri)
+            pixel_element, offset, length = _pixel_element(fp, ds)
+        meta = getattr(ds, "file_meta", None) or {}
+        has_sop_class = "SOPClassUID" in ds or "MediaStorageSOPClassUID" in meta
+    except DicomflowError:
+        raise
+    except Exception as exc:  # pydicom raises many types on damaged files (even NotImplementedError)
+        raise NotDicomError(f"not dicom: {type(exc).__name__}: {exc}") from exc
     if pixel_element is None and len(ds) == 0:
         raise NotDicomError(f"not dicom: truncated or empty dataset (no elements after file meta, {size_bytes} bytes)")
+    if pixel_element is None and not has_sop_class:
+        raise NotDicomError("not dicom: no SOP class in the dataset or its file meta")
+    if pixel_element is None and (all(k in ds for k in IMAGE_MODULE) or "Image Storage" in _sop_class_name(ds)):
+        raise NotDicomError(f"not dicom: truncated before the pixel data ({_sop_class_name(ds)} without PixelData)")
+    if pixel_element is None and not _known_sop_class(ds):
+        raise NotDicomError(f"not dicom: unknown SOP Class UID {_sop_class_name(ds)!r} and no pixel data")
+    return ds, pixel_element, offset, length
+
+
+def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
+    """Parse the header of one file; raise NotDicomError / NoPixelDataError / HeaderError with the reason."""
+    ds, pixel_element, offset, length = _bounded_parse(fp, uri, size_bytes)
     if pixel_element is None:
-        raise NoPixelDataError(f"no pixel data ({_sop_class_name(ds)})")
-    try:
-        header = header_from_dataset(ds, uri, size_bytes, pixel_element)
-        return dataclasses.replace(header, pixel_offset=offset, pixel_length=length)
-    except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
-        raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc
+        raise NoPixelDataError(no_pixel_data_reason(ds))
+    header = header_record(ds, uri, size_bytes, pixel_element)
+    return dataclasses.replace(header, pixel_offset=offset, pixel_length=length)
 
 
 def _group_item(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, keyword: str) -> pydicom.Dataset | None:
@@ -312,6 +349,21 @@ def element_values(ds: pydicom.Dataset) -> dict[str, Any]:
     return {kw: ds[tag].value for kw, tag in _RECORD_TAGS if tag in present}
 
 
+BITS_ALLOCATED = (1, 8, 16, 32, 64)
+
+
+def _check_pixel_module(v: dict[str, Any]) -> None:
+    """Refuse pixel-module values no image has (PS3.3 C.7.6.3), before any arithmetic on them."""
+    allocated, stored = _num(v, "BitsAllocated", int, 16), _num(v, "BitsStored", int, None)
+    samples = _num(v, "SamplesPerPixel", int, 1)
+    if allocated not in BITS_ALLOCATED:
+        raise HeaderError(f"invalid header: (0028,0100) BitsAllocated is {allocated}")
+    if stored is not None and not 1 <= stored <= allocated:
+        raise HeaderError(f"invalid header: (0028,0101) BitsStored {stored} with BitsAllocated {allocated}")
+    if samples not in (1, 3, 4):
+        raise HeaderError(f"invalid header: (0028,0002) SamplesPerPixel is {samples}")
+
+
 def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
     """Build the small record from an already parsed dataset."""
     tsuid = ensure_transfer_syntax(ds)
@@ -325,6 +377,7 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         tags.setdefault("SliceThickness", enhanced["slice_thickness"])
     if enhanced.get("pixel_spacing"):
         tags.setdefault("PixelSpacing", list(enhanced["pixel_spacing"]))
+    _check_pixel_module(v)
     header = InstanceHeader(
         source_uri=uri,
         size_bytes=size_bytes,
@@ -375,12 +428,7 @@ def parse_header(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Data
     Returns the dataset (pixels never read, values over 64 KB deferred) and the pixel element that
     follows it, None for SR, RT, KO, DICOMDIR... Raises NotDicomError like read_header.
     """
-    if size_bytes == 0:
-        raise NotDicomError("not dicom: empty file")
-    ds = _parse(fp, uri)
-    pixel_element = _pixel_element(fp, ds)[0]
-    if pixel_element is None and len(ds) == 0:
-        raise NotDicomError(f"not dicom: truncated or empty dataset (no elements after file meta, {size_bytes} bytes)")
+    ds, pixel_element, _, _ = _bounded_parse(fp, uri, size_bytes)
     return ds, pixel_element
 
 
@@ -393,5 +441,7 @@ def header_record(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element:
     """header_from_dataset with read_header's error: uninterpretable values raise HeaderError."""
     try:
         return header_from_dataset(ds, uri, size_bytes, pixel_element)
+    except HeaderError:
+        raise
     except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
         raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc

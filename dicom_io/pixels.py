@@ -6,17 +6,44 @@ pylibjpeg plugins do not (12-bit JPEG extended, for one).
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from typing import IO
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
+from pydicom.pixels import get_decoder
+from pydicom.uid import AllTransferSyntaxes
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
-from dicom_io.errors import DecodeError, InconsistentSeriesError, PixelBombError
+from dicom_io import codestream, deflate
+from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError
 from dicom_io.header import InstanceHeader, ensure_transfer_syntax
 
 DEFAULT_MAX_PIXEL_BYTES = 4 * 1024**3  # 4 GiB decoded per instance
+HEADER_BUDGET = 64 * 1024 * 1024  # what a dataset may hold besides its pixels when inflated
+GDCM_BASE_MEMORY = 1024**3  # address space of the GDCM process on top of 3x the pixels
+GDCM_TIMEOUT_S = 300
+
+
+def _without_gdcm_in_process() -> frozenset[str]:
+    """Remove GDCM from this process's decoders; return the syntaxes it served (subprocess fallback)."""
+    served = set()
+    for uid in AllTransferSyntaxes:
+        try:
+            decoder = get_decoder(uid)
+        except (NotImplementedError, ValueError):
+            continue
+        if "gdcm" in decoder.available_plugins:
+            served.add(str(uid))
+            decoder.remove_plugin("gdcm")
+    return frozenset(served)
+
+
+GDCM_SYNTAXES = _without_gdcm_in_process()
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -84,9 +111,42 @@ def rescale(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
 def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
-    if float(slope).is_integer() and float(intercept).is_integer():
+    if float(slope).is_integer() and float(intercept).is_integer() and max(abs(slope), abs(intercept)) < 2**31:
         return stored.astype(np.int64) * int(slope) + int(intercept)
-    return stored.astype(np.float64) * slope + intercept
+    return stored.astype(np.float64) * slope + intercept  # huge values: inf/overflow caught by to_stored
+
+
+def _dataset(fp: IO[bytes], max_bytes: int) -> pydicom.Dataset:
+    """The whole dataset; a deflated one inflated with a bound."""
+    meta = deflate.deflated_meta(fp)
+    if meta is not None:
+        return deflate.read_full(fp, meta, max_bytes + HEADER_BUDGET)
+    return pydicom.dcmread(fp, force=True)  # the header stage already accepted it as DICOM
+
+
+def _check_frames(ds: pydicom.Dataset, h: InstanceHeader) -> None:
+    """Every compressed frame's own header must agree with the DICOM header (decompression bombs)."""
+    tsuid = str(ds.file_meta.TransferSyntaxUID)
+    if tsuid not in codestream.J2K_SYNTAXES | codestream.JPEG_SYNTAXES:
+        return
+    for frame in generate_frames(ds.PixelData, number_of_frames=h.number_of_frames):
+        codestream.check_frame(frame[:65536], tsuid, h.rows, h.columns, h.samples_per_pixel)
+
+
+def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_error: BaseException) -> np.ndarray:
+    """Decode with GDCM in a throw-away process (it may abort on corrupt data), memory-limited."""
+    fp.seek(0)
+    limit = 3 * max(declared_bytes(h), 1) + GDCM_BASE_MEMORY
+    try:
+        done = subprocess.run([sys.executable, "-m", "dicom_io.gdcm_fallback", str(limit)], input=fp.read(),
+                              capture_output=True, timeout=GDCM_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: GDCM took over {GDCM_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(first_error).__name__}: "
+                          f"{first_error}; GDCM: {tail[0][:200]}")
+    return np.load(io.BytesIO(done.stdout), allow_pickle=False)
 
 
 def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
@@ -95,26 +155,35 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
     if native_eligible(h):
         return rescale(read_native(fp, h), h)
     try:
-        ds = pydicom.dcmread(fp, force=True)  # header stage already accepted it as DICOM
+        ds = _dataset(fp, max_bytes)
         ensure_transfer_syntax(ds)
-        arr = ds.pixel_array
+        _check_frames(ds, h)
+        ds.pixel_array_options(allow_excess_frames=False)  # more data than declared is an error
+        try:
+            arr = ds.pixel_array
+        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # in-process plugins failed (Rust plugins raise pyo3 panics)
+            if str(ds.file_meta.TransferSyntaxUID) not in GDCM_SYNTAXES:
+                raise
+            arr = _gdcm_subprocess(fp, h, max_bytes, exc)
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))
         elif h.samples_per_pixel == 1 and h.frames:  # enhanced: per-frame rescale, below
             pass
         elif h.samples_per_pixel == 1:
             arr = apply_modality_lut(arr, ds)
-    except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+    except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit, DicomflowError):
         raise
     except BaseException as exc:  # decoders raise ValueError, RuntimeError, ...; Rust plugins a
         # pyo3 PanicException, which derives from BaseException, on corrupt data
         raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(exc).__name__}: {exc}") from exc
-    colour = arr.ndim == (4 if h.number_of_frames > 1 else 3)
-    if h.number_of_frames == 1 or (not colour and arr.ndim == 2):
-        arr = arr[np.newaxis]
+    colour = h.samples_per_pixel > 1 or h.photometric == "PALETTE COLOR"
     expected = (h.number_of_frames, h.rows, h.columns) + ((3,) if colour else ())
+    if arr.ndim == len(expected) - 1:
+        arr = arr[np.newaxis]
     if arr.shape != expected:
-        raise InconsistentSeriesError(f"decoded shape {arr.shape} differs from header {expected}")
+        raise InconsistentSeriesError(f"invalid image: decoded shape {arr.shape} differs from the header's {expected}")
     return rescale(arr, h) if h.frames and h.samples_per_pixel == 1 else arr
 
 
@@ -130,7 +199,12 @@ def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     target = np.dtype(dtype)
     if arr.dtype == target:
         return arr
-    out = arr.astype(target)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InconsistentSeriesError("invalid image: rescaled values are not finite (absurd slope/intercept)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(target)
+    if target.kind == "f" and not np.all(np.isfinite(out)):
+        raise InconsistentSeriesError(f"invalid image: values exceed {dtype} (range {arr.min()}..{arr.max()})")
     if target.kind in "iu" and not np.array_equal(out, arr):
         raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
     return out

@@ -99,6 +99,34 @@ def glob(pattern: str) -> list[str]:
     return found
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create `uri` with `data` only if nothing is there (atomic locally and on GCS); False if it exists."""
+    if uri.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud import storage as gcs
+
+        bucket, _, name = uri[len("gs://"):].partition("/")
+        try:
+            gcs.Client().bucket(bucket).blob(name).upload_from_string(data, if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+    if is_remote(uri):  # other stores: best effort
+        if exists(uri):
+            return False
+        write_bytes(uri, data)
+        return True
+    path = uri.removeprefix("file://")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
+
+
 def remove(uri: str) -> None:
     """Delete one object; no error when it is already gone."""
     fs, path = _fs(uri)

@@ -187,9 +187,10 @@ def check_geometry(record: dict[str, Any], slices: list[dict[str, Any]],
     result = CheckResult(GEOMETRY)
     kind = record.get("geometry")
     positions = [_position(r) for r in slices]
-    if kind == geometry.NO_GEOMETRY or (kind == geometry.SINGLE_SLICE and not record.get("affine_lps")
-                                        and all(p is None for p in positions)):
-        return result  # nothing to place: stacked by InstanceNumber, or a projection image without (0020,0032)
+    if kind == geometry.NO_GEOMETRY or (kind == geometry.SINGLE_SLICE and not record.get("affine_lps")):
+        # nothing to place: stacked by InstanceNumber, or one image without a usable (0020,0032) /
+        # (0020,0037) / (0028,0030) (projection radiographs, degenerate orientation)
+        return result
     if not record.get("affine_lps"):
         result.fail(f"geometry {kind} but no affine_lps")
         return result

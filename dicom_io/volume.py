@@ -17,6 +17,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from dicom_io import storage
+from dicom_io.errors import StorageError
 
 ARRAY_NAME = "0"
 SHARD_DEPTH = 64
@@ -86,9 +87,21 @@ class VolumeWriter:
                  compression_level: int = COMPRESSION_LEVEL):
         self.uri = uri
         self.layout = layout
-        group = zarr.open_group(storage.zarr_store(uri), mode="w", zarr_format=3)
-        group.attrs.update(attributes)
-        self._array = group.create_array(
+        try:
+            group = zarr.open_group(storage.zarr_store(uri), mode="w", zarr_format=3)
+            group.attrs.update(attributes)
+            self._array = self._create(group, layout, compression_level)
+        except OSError as exc:
+            raise StorageError(f"cannot write {uri}: {exc}") from exc
+        self._slab = np.zeros(layout.shards, dtype=layout.dtype)
+        self._filled = 0
+        self._z0 = 0
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
+        self._pending: Future | None = None
+
+    @staticmethod
+    def _create(group: Any, layout: VolumeLayout, compression_level: int) -> Any:
+        return group.create_array(
             ARRAY_NAME,
             shape=layout.shape,
             dtype=layout.dtype,
@@ -98,11 +111,6 @@ class VolumeWriter:
             fill_value=0,
             dimension_names=layout.dimension_names,
         )
-        self._slab = np.zeros(layout.shards, dtype=layout.dtype)
-        self._filled = 0
-        self._z0 = 0
-        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
-        self._pending: Future | None = None
 
     def append(self, plane: np.ndarray) -> None:
         """Add the next slice (already in the volume's dtype)."""
@@ -122,8 +130,12 @@ class VolumeWriter:
 
     def _wait(self) -> None:
         if self._pending is not None:
-            self._pending.result()  # re-raises a storage error from the writer thread
-            self._pending = None
+            try:
+                self._pending.result()  # re-raises a storage error from the writer thread
+            except OSError as exc:
+                raise StorageError(f"cannot write {self.uri}: {exc}") from exc
+            finally:
+                self._pending = None
 
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""

@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dicom_io.deid import DeidSettings
+from dicom_io.runlock import LockHeld, RunLock
 from pipelines.report import print_counters
 
 DEID_KEY_ENV = "DICOMFLOW_DEID_KEY"
@@ -98,10 +99,18 @@ def run_job(argv: list[str] | None, options_class: type[O], validate: Callable[[
     validate(opts)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, opts)
-    result = pipeline.run()
-    if not wait:
-        return result
-    result.wait_until_finish()
+    if not wait:  # a launcher that returns cannot hold the lock: one run per OUT is the caller's to ensure
+        return pipeline.run()
+    lock = RunLock(opts.view_as(JobOptions).output, options_class.__name__.removesuffix("Options").lower())
+    try:
+        lock.acquire()
+    except LockHeld as exc:
+        raise SystemExit(f"dicomflow: {exc}") from exc
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        lock.release()
     print_counters(result)
     if summarize is not None and standard.runner in ("DirectRunner", "direct"):
         summarize(opts)
