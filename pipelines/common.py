@@ -83,6 +83,18 @@ def require(job: str, opts: PipelineOptions, *names: str) -> None:
         raise SystemExit(f"pipelines.{job}: {' and '.join(missing)} required")
     if shared.table_shards <= 0:
         raise SystemExit(f"pipelines.{job}: --table_shards must be positive")
+    if "input" in names and not _input_exists(shared.input):
+        raise SystemExit(f"pipelines.{job}: --input {shared.input} does not exist")
+
+
+def _input_exists(input_uri: str) -> bool:
+    """A local folder, file or the folder of a glob must exist (a typo must not give empty tables)."""
+    if "://" in input_uri and not input_uri.startswith("file://"):
+        return True  # listed by the job itself; an empty bucket prefix is reported there
+    path = input_uri.removeprefix("file://")
+    while any(c in path for c in "*?["):
+        path = os.path.dirname(path)
+    return os.path.exists(path or ".")
 
 
 def run_job(argv: list[str] | None, options_class: type[O], validate: Callable[[O], None],

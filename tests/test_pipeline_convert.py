@@ -153,3 +153,9 @@ def test_manifest_input_with_named_column(corpus, tmp_path):
     instances = read_table(out, "instances").to_pylist()
     assert sorted(r["source_uri"] for r in instances) == sorted(keep + corpus.not_dicom)
     assert Counter(r["status"] for r in instances) == {"converted": len(keep), "failed": 1}
+
+
+def test_a_missing_input_folder_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        run(["--input", str(tmp_path / "no-such-folder"), "--output", str(tmp_path / "out"), *RUNNER_ARGS])
+    assert not (tmp_path / "out").exists()
