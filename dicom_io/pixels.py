@@ -112,7 +112,9 @@ def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
     if float(slope).is_integer() and float(intercept).is_integer() and max(abs(slope), abs(intercept)) < 2**31:
-        return stored.astype(np.int64) * int(slope) + int(intercept)
+        # int32 is exact for <= 16-bit stored values with slope and intercept below 2**15
+        exact32 = stored.dtype.itemsize <= 2 and max(abs(slope), abs(intercept)) < 2**15
+        return stored.astype(np.int32 if exact32 else np.int64) * int(slope) + int(intercept)
     return stored.astype(np.float64) * slope + intercept  # huge values: inf/overflow caught by to_stored
 
 
@@ -201,6 +203,11 @@ def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
         return arr
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InconsistentSeriesError("invalid image: rescaled values are not finite (absurd slope/intercept)")
+    if arr.dtype.kind in "iu" and target.kind in "iu":  # integers: the range decides, two cheap passes
+        info = np.iinfo(target)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+        return arr.astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(target)
     if target.kind == "f" and not np.all(np.isfinite(out)):
