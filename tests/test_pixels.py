@@ -102,3 +102,38 @@ def test_native_fast_path_equals_pydicom_on_every_shipped_native_file():
         checked += 1
     assert checked >= 20  # big endian, implicit VR, 8/16/32-bit, signed, BitsStored < BitsAllocated
     assert pydicom_refused == []
+
+
+DATA_TWINS = [("693_J2KR.dcm", "693_UNCR.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm"), ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
+              ("RG3_J2KR.dcm", "RG3_UNCR.dcm"), ("US1_J2KR.dcm", "US1_UNCR.dcm"), ("OBXXXX1A_rle.dcm", "OBXXXX1A.dcm"),
+              ("OBXXXX1A_rle_2frame.dcm", "OBXXXX1A_2frame.dcm"), ("emri_small_RLE.dcm", "emri_small.dcm"),
+              ("emri_small_jpeg_2k_lossless.dcm", "emri_small.dcm"), ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm")]
+
+
+@pytest.mark.parametrize("compressed,plain", DATA_TWINS)
+def test_every_shipped_lossless_twin_decodes_to_its_uncompressed_pixels(compressed, plain):
+    """pydicom-data's lossless J2K and RLE files against the uncompressed files they came from."""
+    _, a = _decode(compressed)
+    _, b = _decode(plain)
+    assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_gdcm_fallback_runs_in_its_own_process_and_agrees():
+    """The GDCM fallback (a throw-away process, so its aborts cannot kill a worker) decodes
+    exactly what the in-process plugins decode."""
+    h, expected = _decode("MR2_J2KR.dcm")
+    with open(h.source_uri, "rb") as fp:
+        stored = pixels._gdcm_subprocess(fp, h, pixels.DEFAULT_MAX_PIXEL_BYTES, RuntimeError("forced"))
+    ds = pydicom.dcmread(h.source_uri)
+    assert np.array_equal(apply_modality_lut(stored, ds).reshape(expected.shape), expected)
+    assert "gdcm" not in pixels.get_decoder(h.transfer_syntax_uid).available_plugins  # never in-process
+
+
+def test_no_installed_decoder_gives_the_transfer_syntax_name():
+    """12-bit JPEG extended (JPEG-lossy.dcm): pylibjpeg rejects its scan, Pillow and this GDCM
+    build lack 12-bit JPEG; the reason names the syntax and every decoder's answer."""
+    path = get_testdata_file("JPEG-lossy.dcm", download=False)
+    with open(path, "rb") as fp:
+        h = read_header(fp, path, os.path.getsize(path))
+    with open(path, "rb") as fp, pytest.raises(DecodeError, match=r"^decode error: JPEG Extended \(Process 2 and 4\)"):
+        pixels.decode(fp, h)
