@@ -6,6 +6,8 @@ Domain logic lives in dicom_io.manifest and dicom_io.tags; these classes only wi
 
 from __future__ import annotations
 
+import functools
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,8 +22,10 @@ from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
+from dicom_io.tables import encode_parquet
 from transforms.headers import NAMESPACE
 from transforms.inputs import ListInputs
+from transforms.tables import WriteShardedFiles
 
 TAGS = "tags"
 
@@ -321,18 +325,14 @@ class WriteShards(beam.PTransform):
 
 # ---- table writers ----------------------------------------------------------------------------
 
-class WriteManifestTable(beam.PTransform):
-    """Rows (dicts matching `schema`) -> OUT/{name}-SSSSS-of-NNNNN.parquet."""
+class WriteManifestTable(WriteShardedFiles):
+    """Rows (dicts matching `schema`) -> OUT/{name}-IIIII-of-NNNNN.parquet, deterministic shards
+    sorted by `sort_keys` (the first one also picks the shard), like every dicomflow table."""
 
-    def __init__(self, output: str, name: str, schema: pa.Schema, num_shards: int = 1):
-        super().__init__()
-        self._prefix = schemas.manifest_prefix(output, name)
-        self._schema = schema
-        self._num_shards = num_shards
-
-    def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix, self._schema, file_name_suffix=".parquet", num_shards=self._num_shards)
+    def __init__(self, output: str, name: str, schema: pa.Schema, num_shards: int = 1,
+                 sort_keys: tuple[str, ...] = ("uri",)):
+        encoder = functools.partial(encode_parquet, schema=schema, sort_keys=sort_keys)
+        super().__init__(schemas.manifest_prefix(output, name), [("parquet", encoder)], sort_keys[0], num_shards)
 
 
 def unreadable_line(row: dict) -> str:
@@ -447,7 +447,8 @@ class WriteTagTables(beam.PTransform):
         long_files = (entries
                       | "LongRows" >> beam.FlatMap(long_tag_rows)
                       | "WriteLong" >> WriteManifestTable(self._output, schemas.TAGS_LONG_PREFIX,
-                                                          schemas.TAGS_LONG_SCHEMA, self._num_shards))
+                                                          schemas.TAGS_LONG_SCHEMA, self._num_shards,
+                                                          ("uri", "column")))
         return {"wide": wide_files, "long": long_files}
 
 
@@ -470,7 +471,8 @@ class WriteManifest(beam.PTransform):
             "instances": instances | "InstancesTable" >> WriteManifestTable(
                 self._output, schemas.MANIFEST_INSTANCES_PREFIX, schemas.MANIFEST_INSTANCES_SCHEMA, self._table_shards),
             "series": series | "SeriesTable" >> WriteManifestTable(
-                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._table_shards),
+                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._table_shards,
+                ("series_key", "series_instance_uid")),
             "unreadable": instances | "UnreadableCsv" >> WriteUnreadable(self._output, self._table_shards),
         }
         if self._num_shards:
