@@ -24,6 +24,10 @@ def print_summary(output: str, limit: int = 20) -> None:
     series = tables.read_table(output, "series")
     instances = tables.read_table(output, "instances")
     print(f"instances: {dict(Counter(instances.column('status').to_pylist()))}")
+    reasons = Counter(f"{r['status']}: {r['reason'].split(':')[0].split(' (')[0]}"
+                      for r in instances.select(["status", "reason"]).to_pylist() if r["status"] != "converted")
+    for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {count:6d}  {reason}")
     print(f"series:    {dict(Counter(series.column('status').to_pylist()))}")
     rows = sorted(series.select(["series_key", "status", "n_slices", "geometry", "dtype"]).to_pylist(),
                   key=lambda r: r["series_key"])
