@@ -23,7 +23,7 @@ from dicom_io.errors import DicomflowError, HeaderError, NoPixelDataError, NotDi
 
 HEADER_INFLATE_LIMIT = 64 * 1024 * 1024  # a deflated header is parsed from at most this much
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
-PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+PIXEL_TAGS = deflate.PIXEL_TAGS  # (7FE0,0010) PixelData, (7FE0,0008) Float, (7FE0,0009) Double Float
 
 # Series-level tags carried into series JSON, Zarr attributes and the summary table.
 SERIES_TAGS: tuple[str, ...] = (
