@@ -319,13 +319,6 @@ def test_convert_job_over_the_bombs_stays_under_1_gb(bombs, tmp_path):
 # ---------------------------------------------------------------------------------- the other pipelines
 
 
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-@pytest.mark.skipif(not _importable("pipelines.manifest"), reason="pipelines.manifest does not exist yet")
 def test_manifest_job_lists_every_bad_file_once(mixed, tmp_path):
     out = str(tmp_path / "manifest")
     cmd = [sys.executable, "-m", "pipelines.manifest", "--input", mixed.bad.root, "--output", out, *RUNNER_ARGS]
@@ -341,7 +334,6 @@ def test_manifest_job_lists_every_bad_file_once(mixed, tmp_path):
     assert all(r["reason"] for r in unreadable)
 
 
-@pytest.mark.skipif(not _importable("pipelines.verify"), reason="pipelines.verify does not exist yet")
 def test_verify_job_accepts_the_convert_output(mixed):
     run = badcorpus.run_watched([sys.executable, "-m", "pipelines.verify", "--output", mixed.out, *RUNNER_ARGS],
                                 cwd=REPO, env=_env(), kill_above=WATCHDOG, timeout=600)

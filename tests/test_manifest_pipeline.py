@@ -157,7 +157,7 @@ def test_long_tags_hold_the_same_values_as_the_wide_table(shipped):
 
 
 def test_duckdb_reads_both_tag_tables(shipped):
-    duckdb = pytest.importorskip("duckdb")
+    import duckdb  # a pinned test requirement
     wide, long_ = os.path.join(shipped, "tags-*.parquet"), os.path.join(shipped, "tags_long-*.parquet")
     name = duckdb.sql(f"""SELECT "PatientName (0010,0010)" FROM read_parquet('{wide}')
                           WHERE uri LIKE '%/CT_small.dcm'""").fetchall()
