@@ -326,6 +326,7 @@ def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any
 
 def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) -> StackResult:
     storage.remove_tree(schemas.zarr_uri(settings.output, plan.series_key))
+    storage.remove(schemas.slices_csv_uri(settings.output, plan.series_key))  # of an earlier, good run
     dicom = dicom_attributes(plan)
     culprit = failure.header
     summary = f"{failure.reason} ({culprit.source_uri})" if culprit else failure.reason
@@ -366,6 +367,8 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
                                settings, executor, grid)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
+    except OSError as exc:  # full disk, read-only store: the job fails, naming where
+        raise StorageError(f"cannot write {zarr_uri}: {exc}") from exc
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
     record = _record(plan, settings, dicom)
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())

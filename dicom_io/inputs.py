@@ -73,6 +73,30 @@ def _columns(uri: str, names: list[str]) -> list[list]:
     return [pick(name) for name in names]
 
 
+def manifest_columns(uri: str) -> list[str]:
+    """The column names of a CSV (its first line) or Parquet (its schema) manifest, read cheaply."""
+    if uri.lower().endswith(".parquet"):
+        with storage.open_read(uri) as fp:
+            return list(pq.read_schema(fp).names)
+    with storage.open_read(uri) as fp:
+        first = fp.readline().decode("utf-8-sig")
+    return next(csv.reader([first]), [])
+
+
+def check_manifest(input_uri: str, *columns: str) -> None:
+    """Raise ManifestError unless the first manifest behind --input exists and has `columns`."""
+    spec = resolve_input(input_uri)
+    if spec.kind != "manifest":
+        return
+    found = expand_manifests(spec.pattern)
+    if not found or not storage.exists(found[0]):
+        raise ManifestError(f"no manifest matches {input_uri}")
+    names = manifest_columns(found[0])
+    for name in columns:
+        if name not in names:
+            raise ManifestError(f"manifest {found[0]} has no column {name!r} (columns: {names})")
+
+
 def read_manifest_entries(uri: str, column: str = "uri", label_column: str | None = None
                           ) -> list[tuple[str, str | None]]:
     """(URI, label) per file: URIs from `column` (relative ones resolved against the manifest,

@@ -7,6 +7,7 @@ temporary name and an os.replace so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import posixpath
@@ -15,6 +16,7 @@ from typing import IO, Any
 
 import fsspec
 
+from dicom_io import failpoints
 from dicom_io.errors import StorageError
 
 HEADER_BLOCK_SIZE = 256 * 1024  # one ranged GET covers almost every DICOM header
@@ -81,9 +83,16 @@ def write_bytes(uri: str, data: bytes) -> int:
             return len(data)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            failpoints.reached("before_replace", path)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        failpoints.reached("after_replace", path)
         return len(data)
     except OSError as exc:
         raise StorageError(f"cannot write {uri}: {exc}") from exc

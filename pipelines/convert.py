@@ -13,9 +13,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
 from dicom_io import previews
-from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
 from dicom_io.volume import COMPRESSION_LEVEL
-from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
+from pipelines.common import (DeidOptions, JobOptions, PixelOptions, deid_settings, parse_bool, quiet_main,
+                              require, run_job)
 from pipelines.report import print_summary
 from transforms.convert import ConvertToVolumes
 from transforms.tables import WriteSummaryTables
@@ -30,8 +30,6 @@ class ConvertOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--overwrite", type=parse_bool, nargs="?", const=True, default=False,
                             help="Rewrite series already committed (--overwrite, or =true/false as templates pass)")
-        parser.add_argument("--max_pixel_bytes", type=int, default=DEFAULT_MAX_PIXEL_BYTES,
-                            help="Refuse instances whose decoded pixels would exceed this many bytes")
         parser.add_argument("--compression_level", type=int, default=COMPRESSION_LEVEL,
                             help="Blosc zstd level of the volumes, 1 (fastest) to 9 (smallest)")
         parser.add_argument("--previews", choices=previews.MODES, default="none",
@@ -46,11 +44,15 @@ class ConvertOptions(PipelineOptions):
                             help="Irregularly spaced stacks: keep, resample to a uniform step, or fail")
 
 
+SHARED_OPTIONS = (("pixels", PixelOptions), ("de-identification", DeidOptions))
+OPTION_CLASSES = (ConvertOptions, JobOptions, PixelOptions, DeidOptions)  # every flag this job reads
+
+
 def validate(opts: ConvertOptions) -> None:
     """Refuse a run that cannot do what was asked, before any worker starts."""
     require("convert", opts, "input", "output")
     deid_settings("convert", opts)
-    if opts.max_pixel_bytes <= 0:
+    if opts.view_as(PixelOptions).max_pixel_bytes <= 0:
         raise SystemExit("pipelines.convert: --max_pixel_bytes must be positive")
     try:
         previews.parse_naming(opts.preview_naming)
@@ -65,7 +67,7 @@ def validate(opts: ConvertOptions) -> None:
 
 def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
-    return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
+    return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.view_as(PixelOptions).max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
@@ -86,7 +88,7 @@ def summarize(opts: ConvertOptions) -> None:
 
 def run(argv: list[str] | None = None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the convert job; see pipelines.common.run_job."""
-    return run_job(argv, ConvertOptions, validate, build, summarize, wait)
+    return run_job(argv, ConvertOptions, validate, build, summarize, wait, extra=SHARED_OPTIONS)
 
 
 def main() -> None:

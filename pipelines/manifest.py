@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io import schemas, storage
 from dicom_io.manifest import CrawlSettings
-from pipelines.common import JobOptions, deid_settings, quiet_main, require, run_job
+from pipelines.common import DeidOptions, JobOptions, deid_settings, quiet_main, require, run_job
 from transforms.manifest import CrawlManifest, WriteManifest
 
 
@@ -98,7 +98,8 @@ def summarize(opts: ManifestOptions) -> None:
 
 def run(argv: list[str] | None = None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the crawl; see pipelines.common.run_job."""
-    return run_job(argv, ManifestOptions, validate, build, summarize, wait)
+    return run_job(argv, ManifestOptions, validate, build, summarize, wait,
+                   extra=(("de-identification", DeidOptions),))
 
 
 def main() -> None:

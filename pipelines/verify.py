@@ -17,13 +17,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io import schemas, storage, tables
 from dicom_io.verify import POSITION_TOLERANCE_MM, VerifySettings
-from pipelines.common import JobOptions, quiet_main, require, run_job
-from pipelines.convert import ConvertOptions
+from pipelines.common import JobOptions, PixelOptions, quiet_main, require, run_job
 from transforms.verify import VerifyOutput, WriteReport, WriteVerifyTables
 
 
 class VerifyOptions(PipelineOptions):
-    """Flags of pipelines.verify; --output and --table_shards are JobOptions', --max_pixel_bytes ConvertOptions'.
+    """Flags of pipelines.verify; --output and --table_shards are JobOptions', --max_pixel_bytes PixelOptions'.
 
     Beam parses every registered options class together and argparse refuses a flag defined twice.
     """
@@ -61,7 +60,7 @@ def report_uri_of(opts: VerifyOptions) -> str:
 def build(pipeline: beam.Pipeline, opts: VerifyOptions) -> dict:
     """Attach the verify graph to `pipeline`; returns the written outputs' PCollections."""
     shared = opts.view_as(JobOptions)
-    settings = VerifySettings(output=shared.output, max_pixel_bytes=opts.view_as(ConvertOptions).max_pixel_bytes,
+    settings = VerifySettings(output=shared.output, max_pixel_bytes=opts.view_as(PixelOptions).max_pixel_bytes,
                               position_tolerance_mm=opts.position_tolerance_mm)
     checked = pipeline | "Verify" >> VerifyOutput(settings, opts.sample, opts.seed)
     tables = checked | "WriteVerifyTables" >> WriteVerifyTables(shared.output, shared.table_shards)
@@ -91,7 +90,7 @@ def summarize(opts: VerifyOptions) -> None:
 
 def run(argv: list[str] | None = None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the verify job; see pipelines.common.run_job."""
-    return run_job(argv, VerifyOptions, validate, build, summarize, wait)
+    return run_job(argv, VerifyOptions, validate, build, summarize, wait, extra=(("pixels", PixelOptions),))
 
 
 def exit_status(argv: list[str]) -> int:
@@ -102,8 +101,7 @@ def exit_status(argv: list[str]) -> int:
 
 def main() -> None:
     argv = sys.argv[1:]
-    quiet_main(run, argv)
-    sys.exit(exit_status(argv))
+    quiet_main(run, argv, status=exit_status)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,24 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from tests import synthetic
 
-# Deterministic local runs: the DirectRunner, not the Prism download attempt.
-RUNNER_ARGS = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory"]
+# In-process local runs (the jobs map DirectRunner to the FnApiRunner: pipelines/localrun.py).
+RUNNER_ARGS = ["--runner", "DirectRunner", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 
 
 @pytest.fixture
 def pipeline():
-    """A TestPipeline on the in-memory DirectRunner; `with pipeline as p:` runs it."""
-    return TestPipeline(runner="DirectRunner", options=PipelineOptions(["--direct_running_mode", "in_memory"]), argv=[],
-                        blocking=True)
+    """A TestPipeline on the in-process FnApiRunner, as the jobs run locally; `with pipeline as p:` runs it.
+
+    Not runner="DirectRunner": Beam's DirectRunner first tries Prism, whose failed start leaves a gRPC
+    server running in this process (see pipelines/localrun.py).
+    """
+    return TestPipeline(runner=FnApiRunner(), options=PipelineOptions(["--direct_running_mode", "in_memory"]),
+                        argv=[], blocking=True)
 
 
 @pytest.fixture(scope="session")
@@ -122,24 +127,3 @@ def gcs(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave with pytest's own status once everything is reported and torn down.
-
-    The multi-process DirectRunner leaves gRPC threads behind; now and then their C++
-    destructors abort the interpreter at shutdown ("terminate called without an active
-    exception", exit 134) after every result is in, which would turn a green run red.
-    """
-    if _EXIT_STATUS and not os.environ.get("DICOMFLOW_NORMAL_EXIT"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])

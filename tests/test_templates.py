@@ -27,7 +27,6 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from dicom_io import schemas
 from pipelines import convert
-from pipelines.common import DeidOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEX = ROOT / "templates" / "flex"
@@ -40,11 +39,10 @@ def metadata() -> dict:
 
 
 def option_actions() -> dict[str, argparse.Action]:
-    """ConvertOptions' own flags, by dest, from the parser Beam builds them into."""
+    """Every flag pipelines.convert reads (its own and the shared groups), by dest."""
     parser = argparse.ArgumentParser()
-    convert.JobOptions._add_argparse_args(parser)
-    convert.ConvertOptions._add_argparse_args(parser)
-    DeidOptions._add_argparse_args(parser)
+    for cls in convert.OPTION_CLASSES:
+        cls._add_argparse_args(parser)
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 

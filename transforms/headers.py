@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io import schemas, storage
+from dicom_io import progress, schemas, storage
 from dicom_io.deid import DeidSettings, Deidentifier, burned_in_reason
 from dicom_io.errors import DicomflowError, NoPixelDataError
 from dicom_io.header import InstanceHeader, read_header
+from transforms.counters import LOG, NAMESPACE, Counter
 
-NAMESPACE = "dicomflow"
-LOG = logging.getLogger("dicomflow")
+__all__ = ["DropLocalizers", "LOG", "NAMESPACE", "ReadHeaderFn", "ReadHeaders", "RouteInstancesFn"]
 PROGRESS_EVERY = 1000
 
 
@@ -30,9 +28,9 @@ class ReadHeaderFn(beam.DoFn):
 
     def setup(self):
         self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
-        self.read = Metrics.counter(NAMESPACE, "files_read")
-        self.failed = Metrics.counter(NAMESPACE, "files_failed")
-        self.skipped = Metrics.counter(NAMESPACE, "files_skipped")
+        self.read = Counter("files_read")
+        self.failed = Counter("files_failed")
+        self.skipped = Counter("files_skipped")
         self._seen = 0
 
     def process(self, element: tuple[str, int | None, str | None]):
@@ -57,6 +55,9 @@ class ReadHeaderFn(beam.DoFn):
             self.failed.inc()
             yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.FAILED, str(exc)))
 
+    def finish_bundle(self):
+        progress.flush()
+
 
 class RouteInstancesFn(beam.DoFn):
     """Drop localizers by (0008,0008) ImageType, and when de-identifying instances with burned-in
@@ -69,7 +70,7 @@ class RouteInstancesFn(beam.DoFn):
         self._deid = deid
 
     def setup(self):
-        self.localizers = Metrics.counter(NAMESPACE, "localizers_skipped")
+        self.localizers = Counter("localizers_skipped")
 
     def process(self, h: InstanceHeader):
         burned_in = burned_in_reason(h, self._deid)

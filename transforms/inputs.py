@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from dicom_io.inputs import expand_manifests, read_manifest_entries, resolve_input
+from transforms.counters import CountFn
 
 
 def _from_metadata(metadata) -> tuple[str, int | None, None]:
@@ -42,4 +43,4 @@ class ListInputs(beam.PTransform):
                 | "MatchFiles" >> fileio.MatchFiles(spec.pattern)
                 | "PathAndSize" >> beam.Map(_from_metadata)
             )
-        return listed | "Spread" >> beam.Reshuffle()
+        return listed | "CountListed" >> beam.ParDo(CountFn("files_listed")) | "Spread" >> beam.Reshuffle()

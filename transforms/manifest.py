@@ -23,7 +23,7 @@ from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
 from dicom_io.tables import encode_parquet
-from transforms.headers import NAMESPACE
+from transforms.counters import NAMESPACE, Counter, CountFn
 from transforms.inputs import ListInputs
 from transforms.tables import WriteShardedFiles
 
@@ -70,6 +70,7 @@ class ListFiles(beam.PTransform):
         return (pbegin
                 | "MatchFiles" >> fileio.MatchFiles(spec.pattern)
                 | "PathSizeMtime" >> beam.Map(listing_of)
+                | "CountListed" >> beam.ParDo(CountFn("files_listed"))
                 | "Spread" >> beam.Reshuffle())
 
 
@@ -159,7 +160,7 @@ class CrawlHeaderFn(beam.DoFn):
 
     def setup(self):
         self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
-        self.parsed = Metrics.counter(NAMESPACE, "headers_parsed")
+        self.parsed = Counter("headers_parsed", shown_as="files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.no_pixels = Metrics.counter(NAMESPACE, "files_without_pixel_data")
 

@@ -6,13 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows, merge_instance_rows, pixel_digest
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
-from transforms.headers import LOG, NAMESPACE
+from dicom_io import progress
+from transforms.counters import LOG, Counter
 
 
 def series_uid_of(h: InstanceHeader) -> tuple[str, InstanceHeader]:
@@ -32,11 +32,11 @@ class ConvertSeriesFn(beam.DoFn):
 
     def setup(self):
         self._pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="dicomflow-decode")
-        self.converted = Metrics.counter(NAMESPACE, "series_converted")
-        self.reused = Metrics.counter(NAMESPACE, "series_reused")
-        self.failed = Metrics.counter(NAMESPACE, "series_failed")
-        self.duplicates = Metrics.counter(NAMESPACE, "files_skipped")
-        self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
+        self.converted = Counter("series_converted", shown_as="series_written")
+        self.reused = Counter("series_reused")
+        self.failed = Counter("series_failed")
+        self.duplicates = Counter("files_skipped")
+        self.bytes_written = Counter("bytes_written")
 
     def process(self, element: tuple[str, list[InstanceHeader]]):
         series_uid, headers = element
@@ -54,6 +54,9 @@ class ConvertSeriesFn(beam.DoFn):
                 yield TaggedOutput(self.INSTANCES, row)
         except Exception as exc:
             raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
+
+    def finish_bundle(self):
+        progress.flush()
 
     def teardown(self):
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,7 +16,7 @@ from dicom_io.tables import encode_parquet
 from dicom_io.verify import VerifySettings
 from transforms.dataset import ReadSummaryTable
 from transforms.tables import WriteShardedFiles
-from transforms.headers import LOG, NAMESPACE
+from transforms.counters import LOG, NAMESPACE, Counter
 
 VERIFY_SORT, FILES_SORT = ("series_key",), ("source_uri", "check")
 
@@ -68,8 +68,8 @@ class VerifySeriesFn(beam.DoFn):
 
     def setup(self):
         self._pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="dicomflow-verify")
-        self.ok = Metrics.counter(NAMESPACE, "series_verified_ok")
-        self.failed = Metrics.counter(NAMESPACE, "series_verify_failed")
+        self.ok = Counter("series_verified_ok", shown_as="series_checked")
+        self.failed = Counter("series_verify_failed", shown_as="series_checked")
         self.checks_failed = Metrics.counter(NAMESPACE, "verify_checks_failed")
 
     def process(self, element):

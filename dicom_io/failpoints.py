@@ -1,0 +1,33 @@
+"""Deterministic crash points for fault tests: the process dies exactly where a test says.
+
+DICOMFLOW_KILL_AT="POINT:SUBSTRING:N" SIGKILLs this process the N-th time it reaches POINT with a
+URI containing SUBSTRING, e.g. `before_replace:/slices/:2` (the second slices CSV written under
+its temporary name, not yet renamed) or `after_replace:/series/:3` (the third series committed).
+Unset, `reached` costs one dictionary lookup. Points: `before_replace`, `after_replace`
+(dicom_io.storage.write_bytes, local paths).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "DICOMFLOW_KILL_AT"
+_lock = threading.Lock()
+_hits: dict[str, int] = {}
+
+
+def reached(point: str, uri: str) -> None:
+    """Die here if DICOMFLOW_KILL_AT names this point, a substring of `uri`, and this is the N-th hit."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, _, rest = spec.partition(":")
+    substring, _, count = rest.rpartition(":")
+    if name != point or substring not in uri:
+        return
+    with _lock:
+        _hits[spec] = _hits.get(spec, 0) + 1
+        if _hits[spec] == int(count):
+            os.kill(os.getpid(), signal.SIGKILL)
