@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dicom_io import schemas, storage
+from dicom_io import schemas, storage, tables
 
 ROW = "_row"  # 0-based data row of a user table, kept on every row read
 JOIN_ON = ("study_instance_uid", "accession_number", "series_number+study")
@@ -49,8 +48,7 @@ def read_rows(uri: str) -> list[dict[str, Any]]:
     """Rows of a CSV (UTF-8, header line) or Parquet table, each with its 0-based index under `_row`."""
     try:
         if uri.lower().endswith(".parquet"):
-            with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
-                rows = pq.read_table(fp).to_pylist()
+            rows = tables.read_parquet(uri).to_pylist()
         else:
             rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig"))))
     except (OSError, ValueError, pa.ArrowException) as exc:

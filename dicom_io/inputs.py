@@ -59,8 +59,9 @@ def _resolve(base: str, value: str) -> str:
 def _columns(uri: str, names: list[str]) -> list[list]:
     """The named columns of a CSV or Parquet table, each as a list of values."""
     if uri.lower().endswith(".parquet"):
-        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
-            table = pq.read_table(fp)
+        from dicom_io.tables import read_parquet  # tables imports schemas, which imports this module's peers
+
+        table = read_parquet(uri)
         found = table.column_names
         pick = lambda name: table.column(name).to_pylist()  # noqa: E731
     else:

@@ -63,12 +63,30 @@ def write_shard_file(prefix: str, ext: str, index: int, num_shards: int, data: b
     return written
 
 
+def read_parquet(uri: str, schema: pa.Schema | None = None) -> pa.Table:
+    """One Parquet object, read whole into Arrow-owned memory, then decoded: the one way dicomflow reads Parquet.
+
+    Not `pq.read_table(python_file)`: its pre-buffering hands buffers that wrap Python objects to Arrow's
+    IO threads, and when one of those threads frees such a buffer while the interpreter exits, it must
+    take the GIL, Python ends the thread, and the unwind through a C++ destructor aborts the process
+    (the SIGABRT after complete runs, seen in a core dump right after the end-of-run summary read).
+    """
+    return decode_parquet(storage.read_bytes(uri), schema)
+
+
+def decode_parquet(data: bytes, schema: pa.Schema | None = None) -> pa.Table:
+    """A Parquet file's bytes as a table, decoded from an Arrow-owned copy in this thread (see read_parquet)."""
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.read_table(pa.BufferReader(sink.getvalue()), schema=schema, pre_buffer=False)
+
+
 def read_shards(prefix: str, schema: pa.Schema) -> pa.Table:
     """Every {prefix}-*.parquet shard as one table (empty with `schema` when there is none)."""
     files = storage.glob(f"{prefix}-*.parquet")
     if not files:
         return schema.empty_table()
-    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(f)), schema=schema) for f in files)
+    return pa.concat_tables(read_parquet(f, schema) for f in files)
 
 
 def summary_encoder(name: str) -> Encoder:

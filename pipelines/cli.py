@@ -93,7 +93,7 @@ def check_flags(job: str, argv: Sequence[str], own: Sequence[type[PipelineOption
         if arg.startswith("-"):
             flag = arg.split("=", 1)[0]
             close = difflib.get_close_matches(flag, _flags_of(parser), n=1, cutoff=0.7)
-            hint = f" (did you mean {close[0]}?)" if close else f" (see python -m pipelines.{job} --help)"
+            hint = f" (did you mean {close[0]}?)" if close else " (--help lists the flags)"
             raise UsageError(f"pipelines.{job}: unknown option {flag}{hint}")
         raise UsageError(f"pipelines.{job}: unexpected argument {arg!r}: every value follows its flag, "
                          "as --name value or --name=value")

@@ -16,10 +16,9 @@ from collections import Counter
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from dicom_io import schemas, storage
+from dicom_io import schemas, storage, tables
 from dicom_io.manifest import CrawlSettings
 from pipelines.common import DeidOptions, JobOptions, deid_settings, quiet_main, require, run_job
 from transforms.manifest import CrawlManifest, WriteManifest
@@ -81,7 +80,7 @@ def build(pipeline: beam.Pipeline, opts: ManifestOptions) -> dict:
 def read_table(output: str, name: str) -> pa.Table:
     """All shards of OUT/{name}-*.parquet as one table (tests, the summary below, later jobs)."""
     files = storage.glob(schemas.manifest_prefix(output, name) + "-*.parquet")
-    return pa.concat_tables(pq.read_table(storage.open_read(f, block_size=8 * 1024 * 1024)) for f in files)
+    return pa.concat_tables(tables.read_parquet(f) for f in files)
 
 
 def print_summary(output: str) -> None:

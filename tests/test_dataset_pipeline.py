@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dicom_io.tables import decode_parquet
 from dicom_io import datasets, schemas, storage
 from dicom_io.tables import read_table
 from pipelines import dataset as dataset_job
@@ -107,7 +108,7 @@ def test_vlm_pairs_from_a_pacs_style_report_table(lumbar, tmp_path):
     pairs = [json.loads(line) for line in jsonl]
     assert all(list(sorted(p)) == sorted(schemas.VLM_PAIRS_SCHEMA.names) for p in pairs)
     pa.Table.from_pylist(pairs, schema=schemas.VLM_PAIRS_SCHEMA)  # every value has the schema's type
-    parquet = pq.read_table(io.BytesIO(_read(out, "vlm", "pairs-00000-of-00001.parquet"))).to_pylist()
+    parquet = decode_parquet(_read(out, "vlm", "pairs-00000-of-00001.parquet")).to_pylist()
     assert parquet == pairs  # same rows, same order
     reported = [s for st, members in studies.items() if st != unreported for s in members]
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in reported)

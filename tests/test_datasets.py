@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dicom_io.tables import decode_parquet
 from dicom_io import datasets, schemas, storage, tables
 from dicom_io.datasets import ROW, LabelSpec, SplitSpec, VlmSpec
 
@@ -179,7 +180,7 @@ def test_sharded_files_are_sorted_deterministic_and_replace_other_shard_counts(t
     schema = pa.schema([("pair_id", pa.string()), ("n", pa.int64())])
     parquet = tables.encode_parquet(rows, schema, ("pair_id",))
     assert parquet == tables.encode_parquet(rows[::-1], schema, ("pair_id",))
-    assert pq.read_table(io.BytesIO(parquet)).column("pair_id").to_pylist() == ["a", "b"]
+    assert decode_parquet(parquet).column("pair_id").to_pylist() == ["a", "b"]
 
 
 def test_unmatched_csv_and_summary():
