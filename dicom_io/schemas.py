@@ -342,3 +342,29 @@ VLM_PAIRS_SCHEMA = pa.schema(
         ("report_text", pa.string()),
     ]
 )
+
+
+# ---- volume stores (pipelines.convert --store) ----------------------------------------------------
+# directory: OUT/volumes/{key}.zarr (a Zarr v3 directory tree); zip: OUT/volumes/{key}.zarr.zip (the same
+# tree in one uncompressed ZIP object, readable with zarr.storage.ZipStore). Readers accept both.
+STORE_DIRECTORY, STORE_ZIP = "directory", "zip"
+VOLUME_STORES = (STORE_DIRECTORY, STORE_ZIP)
+ZIP_SUFFIX = ".zarr.zip"
+
+
+def volume_uri(output: str, key: str, store: str = STORE_DIRECTORY) -> str:
+    """Where convert writes the volume of `key` with --store `store`."""
+    if store == STORE_ZIP:
+        return storage.join(output, VOLUMES_DIR, f"{key}{ZIP_SUFFIX}")
+    return zarr_uri(output, key)
+
+
+def volume_store_of(uri: str) -> str:
+    """The store kind a volume URI names (by its suffix)."""
+    return STORE_ZIP if uri.endswith(ZIP_SUFFIX) else STORE_DIRECTORY
+
+
+def committed_volume_uri(output: str, key: str) -> str:
+    """The volume of `key` as it exists under OUT: the zip object if there is one, else the directory."""
+    zipped = volume_uri(output, key, STORE_ZIP)
+    return zipped if storage.exists(zipped) else zarr_uri(output, key)
