@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
-from dicom_io import previews
+from dicom_io import previews, schemas
 from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
@@ -44,6 +44,9 @@ class ConvertOptions(PipelineOptions):
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
                             help="Irregularly spaced stacks: keep, resample to a uniform step, or fail")
+        parser.add_argument("--store", choices=schemas.VOLUME_STORES, default=schemas.STORE_DIRECTORY,
+                            help="directory (OUT/volumes/{key}.zarr) or zip (OUT/volumes/{key}.zarr.zip, "
+                                 "one object per series)")
 
 
 def validate(opts: ConvertOptions) -> None:
@@ -67,6 +70,7 @@ def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
+                           store=opts.store,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 
