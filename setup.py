@@ -26,5 +26,6 @@ setup(
     entry_points={"console_scripts": ["dicomflow-convert=pipelines.convert:main",
                                       "dicomflow-manifest=pipelines.manifest:main",
                                       "dicomflow-verify=pipelines.verify:main",
-                                      "dicomflow-dataset=pipelines.dataset:main"]},
+                                      "dicomflow-dataset=pipelines.dataset:main",
+                                      "dicomflow-export=pipelines.export:main"]},
 )

@@ -368,3 +368,43 @@ def committed_volume_uri(output: str, key: str) -> str:
     """The volume of `key` as it exists under OUT: the zip object if there is one, else the directory."""
     zipped = volume_uri(output, key, STORE_ZIP)
     return zipped if storage.exists(zipped) else zarr_uri(output, key)
+
+
+# ---- export job (pipelines.export): DIR/ ------------------------------------------------------------
+# nifti: DIR/{key}.nii.gz (+ .bval/.bvec); hdf5: DIR/series-IIIII-of-NNNNN.h5 (one group per series);
+# dicom: DIR/{key}/{z:05d}.dcm (+ DIR/{key}/seg.dcm with --labels). Every run: DIR/exports-*.parquet.
+EXPORT_FORMATS = ("dicom", "hdf5", "nifti")
+EXPORTED = "exported"  # an export row's status (FAILED otherwise)
+EXPORTS_PREFIX = "exports"
+HDF5_PREFIX = "series"
+
+EXPORT_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("format", pa.string()),
+        ("status", pa.string()),  # exported | failed
+        ("reason", pa.string()),
+        ("outputs", pa.list_(pa.string())),  # files written (or appended to) for this series
+    ]
+)
+
+
+def export_prefix(to: str, name: str) -> str:
+    """Prefix of an export table or HDF5 shard: DIR/{name} -> {name}-00000-of-00001.{ext}."""
+    return storage.join(to, name)
+
+
+def nifti_uri(to: str, key: str) -> str:
+    return storage.join(to, f"{key}.nii.gz")
+
+
+def dicom_series_dir(to: str, key: str) -> str:
+    return storage.join(to, key)
+
+
+def dicom_slice_uri(to: str, key: str, index: int) -> str:
+    return storage.join(to, key, f"{index:05d}.dcm")
+
+
+def dicom_seg_uri(to: str, key: str) -> str:
+    return storage.join(to, key, "seg.dcm")
