@@ -29,28 +29,34 @@ OBLIQUE = math.radians(20.0)
 OBLIQUE_IOP = (1.0, 0.0, 0.0, 0.0, round(math.cos(OBLIQUE), 6), round(-math.sin(OBLIQUE), 6))
 
 
+ORIGIN = (-40.0, -45.0, -6.0)  # 20 x 3.5 mm by 24 x 4 mm over the synthetic body: real structure in every slice
+
+
+def _axial(n: int, spacing: float = 2.0) -> list:
+    return synthetic.axial_positions(n, spacing, origin=ORIGIN)
+
+
 def _spec(name: str, **changes) -> synthetic.SeriesSpec:
     fields = dict(series_uid=synthetic.uid_from("export", name), study_uid=synthetic.uid_from("export-study"),
-                  patient_id="EXPORT", modality="CT", positions=synthetic.axial_positions(6, 2.0),
-                  iop=synthetic.AXIAL_IOP, pixel_spacing=(0.8, 0.7), rows=24, cols=20, slice_thickness=2.0)
+                  patient_id="EXPORT", modality="CT", positions=_axial(6),
+                  iop=synthetic.AXIAL_IOP, pixel_spacing=(4.0, 3.5), rows=24, cols=20, slice_thickness=2.0)
     fields.update(changes)
     return synthetic.SeriesSpec(**fields)
 
 
 SERIES = {
     "axial": _spec("axial"),
-    "oblique": _spec("oblique", iop=OBLIQUE_IOP, positions=synthetic.stack_positions(6, 2.0, (-10.0, -8.0, 3.0),
-                                                                                      OBLIQUE_IOP)),
-    "tilted": _spec("tilted", positions=[(-12.0, -12.0 + 2.0 * k * math.tan(math.radians(15.0)), 2.0 * k)
+    "oblique": _spec("oblique", iop=OBLIQUE_IOP, positions=synthetic.stack_positions(6, 2.0, ORIGIN, OBLIQUE_IOP)),
+    "tilted": _spec("tilted", positions=[(ORIGIN[0], ORIGIN[1] + 2.0 * k * math.tan(math.radians(15.0)), 2.0 * k)
                                          for k in range(6)]),
-    "irregular": _spec("irregular", positions=[p for i, p in enumerate(synthetic.axial_positions(7, 2.0)) if i != 3]),
+    "irregular": _spec("irregular", positions=[p for i, p in enumerate(_axial(7)) if i != 3]),
     "float": _spec("float", slope=0.25, intercept=-1000.5),
-    "pet": _spec("pet", modality="PT", intercept=0.0),
+    "pet": _spec("pet", modality="PT", intercept=0.0),  # slopes set per slice below
     "mr": _spec("mr", modality="MR", intercept=0.0),
 }
-VARIANTS = {"rgb": _spec("rgb", positions=synthetic.axial_positions(3, 2.0)),
+VARIANTS = {"rgb": _spec("rgb", positions=_axial(3)),
             "monochrome1": _spec("monochrome1"),
-            "dx": _spec("dx", positions=synthetic.axial_positions(1, 1.0))}
+            "dx": _spec("dx", positions=_axial(1))}
 PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm")
 DTYPES = {"axial": "int16", "float": "float32", "pet": "float32", "rgb": "uint8", "monochrome1": "int16"}
 
@@ -106,6 +112,10 @@ def export_src(tmp_path_factory) -> ExportSource:
         found = [r for r in series if r["series_instance_uid"] == _uid_of(folder) and r["stack_index"] == 0]
         assert len(found) == 1 and found[0]["status"] == "converted", (name, found)
         rows[name] = found[0]
+    for name, row in rows.items():  # a test on a constant volume would prove little
+        import zarr
+        volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
+        assert all(len(np.unique(plane)) > 3 for plane in volume), name
     for name, dtype in DTYPES.items():
         assert rows[name]["dtype"] == dtype, (name, rows[name]["dtype"])
     assert rows["tilted"]["geometry"] == "tilted" and rows["irregular"]["geometry"] == "irregular_spacing"
