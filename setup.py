@@ -27,5 +27,6 @@ setup(
                                       "dicomflow-manifest=pipelines.manifest:main",
                                       "dicomflow-verify=pipelines.verify:main",
                                       "dicomflow-dataset=pipelines.dataset:main",
-                                      "dicomflow-export=pipelines.export:main"]},
+                                      "dicomflow-export=pipelines.export:main",
+                                      "dicomflow-aggregate=pipelines.aggregate:main"]},
 )

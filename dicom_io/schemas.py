@@ -408,3 +408,19 @@ def dicom_slice_uri(to: str, key: str, index: int) -> str:
 
 def dicom_seg_uri(to: str, key: str) -> str:
     return storage.join(to, key, "seg.dcm")
+
+
+# ---- summary parts (pipelines.convert --summary_part, pipelines.aggregate) -------------------------
+# A convert run over one shard of a manifest also writes its summary rows to
+# OUT/summary/parts/{part}/{series,instances}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
+# OUT/summary/{series,instances}-*.parquet as the union of every part (each file exactly once).
+PARTS_DIR = "parts"
+
+
+def part_prefix(output: str, part: str, name: str) -> str:
+    """OUT/summary/parts/{part}/{name}: the prefix of one run's part of summary table `name`."""
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, part, name)
+
+
+def parts_glob(output: str, name: str) -> str:
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", f"{name}-*.parquet")
