@@ -120,3 +120,10 @@ def test_gs_zip_store_round_trip(gcs, corpus, converted):
         with readers.open_volume(out, key) as vol:
             reference = zarr.open_group(schemas.zarr_uri(converted, key), mode="r")["0"][:]
             assert vol.store_kind == schemas.STORE_ZIP and np.array_equal(vol.array[:], reference)
+
+
+def test_dataset_rows_point_at_the_zip_volume(zipped):
+    from dicom_io import datasets
+
+    for key in _converted_keys(zipped):
+        assert datasets.series_images(zipped, key)["volume_uri"] == schemas.volume_uri(zipped, key, schemas.STORE_ZIP)

@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io import export_hdf5, schemas, tables
+from dicom_io import export_format, export_hdf5, schemas, tables
 from dicom_io.errors import DicomflowError
 from dicom_io.exports import ExportSettings, export_row, load_series, series_rows
 from transforms.headers import LOG, NAMESPACE
@@ -48,8 +48,6 @@ class ExportSeriesFn(beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "series_export_failed")
 
     def process(self, row):
-        from dicom_io import export_format  # noqa: PLC0415  (imports nibabel/highdicom on workers only)
-
         key, fmt = row["series_key"], self._settings.fmt
         try:
             result = export_format.export_series(load_series(self._settings.output, key), self._settings)
