@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from dicom_io import schemas, storage, tables
-from dicom_io.exports import ExportError, SeriesData, export_row, slabs
+from dicom_io.exports import ExportError, SeriesData, axis_names, export_row, slabs
 
 GZIP_LEVEL = 4
 CHUNK = (16, 256, 256)
@@ -66,8 +66,7 @@ def write_group(h5: h5py.File, data: SeriesData, compression: str) -> None:
                                        **_filters(compression))
         for z0, slab in slabs(array):
             dataset[z0:z0 + slab.shape[0]] = slab
-        dataset.attrs["axes"] = np.array(["z", "y", "x", "c"][:len(shape)] if len(shape) != 4 or shape[-1] == 3
-                                         else ["t", "z", "y", "x"], dtype=h5py.string_dtype())
+        dataset.attrs["axes"] = np.array(axis_names(data.volume), dtype=h5py.string_dtype())
         for name, value in _attributes(data).items():
             group.attrs[name] = value
     except BaseException:

@@ -17,19 +17,10 @@ import nibabel as nib
 import numpy as np
 
 from dicom_io import schemas, storage
-from dicom_io.exports import ExportError, SeriesData, export_row
+from dicom_io.exports import ExportError, SeriesData, axis_names, export_row
 
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
 SCANNER_ANAT = 1  # NIFTI_XFORM_SCANNER_ANAT
-
-
-def axis_names(data: SeriesData) -> tuple[str, ...]:
-    """Axis names of the volume array: its Zarr dimension_names, else (z, y, x) plus c for colour."""
-    names = getattr(getattr(data.volume.array, "metadata", None), "dimension_names", None)
-    if names and all(names):
-        return tuple(names)
-    ndim = len(data.volume.shape)
-    return ("z", "y", "x") if ndim == 3 else ("z", "y", "x", "c")
 
 
 def nifti_array(array: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
@@ -56,7 +47,7 @@ def nifti_image(data: SeriesData) -> nib.Nifti1Image:
     affine = data.volume.affine_ras
     if affine is None:
         raise ExportError(f"no geometry ({data.record.get('geometry')}): no affine to place the volume")
-    voxels = nifti_array(np.asarray(data.volume.array[...]), axis_names(data))
+    voxels = nifti_array(np.asarray(data.volume.array[...]), axis_names(data.volume))
     image = nib.Nifti1Image(voxels, affine)
     image.header.set_data_dtype(voxels.dtype)
     image.set_sform(affine, code=SCANNER_ANAT)
@@ -92,9 +83,16 @@ def export_nifti(data: SeriesData, to: str) -> dict[str, Any]:
         storage.put_file(local, uri)
     outputs = [uri]
     gradients = fsl_gradients(data.volume.dicom, data.volume.affine_lps) if len(data.volume.shape) == 4 else None
-    if gradients is not None and axis_names(data)[0] == "t":
+    if gradients is not None and axis_names(data.volume)[0] == "t":
         stem = uri.removesuffix(".nii.gz")
         for ext, text in zip((".bval", ".bvec"), gradients):
             storage.write_bytes(stem + ext, text.encode())
             outputs.append(stem + ext)
-    return export_row(data.key, "nifti", schemas.EXPORTED, "", outputs)
+    return export_row(data.key, "nifti", schemas.EXPORTED, irregular_note(data.volume.dicom), outputs)
+
+
+def irregular_note(dicom: dict[str, Any]) -> str:
+    """What a NIfTI reader must know about an irregularly spaced stack (the row's reason)."""
+    if dicom.get("geometry") != "irregular_spacing":
+        return ""
+    return "irregular spacing: the affine's slice step is the mean; true positions are in slices/{key}.csv"

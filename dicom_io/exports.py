@@ -78,6 +78,14 @@ def load_series(output: str, key: str) -> SeriesData:
     return SeriesData(readers.open_volume(output, key), record, slices)
 
 
+def axis_names(volume: readers.Volume) -> tuple[str, ...]:
+    """Axis names of a volume array: its Zarr dimension_names, else (z, y, x) plus c for colour."""
+    names = getattr(getattr(volume.array, "metadata", None), "dimension_names", None)
+    if names and all(names):
+        return tuple(names)
+    return ("z", "y", "x") if len(volume.shape) == 3 else ("z", "y", "x", "c")
+
+
 def slabs(array: Any) -> Iterator[tuple[int, np.ndarray]]:
     """(first index, slab) along axis 0, one stored shard (else chunk) deep: bounded memory."""
     depth = (getattr(array, "shards", None) or array.chunks)[0]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import zarr
 
-from dicom_io import export_nifti, readers, schemas, tables
+from dicom_io import export_hdf5, export_nifti, readers, schemas, tables
 from pipelines import export
+from pipelines.convert import run as convert
 from tests.conftest import RUNNER_ARGS
 from tests.export_corpus import export_src, dcm2niix  # noqa: F401  (session fixture)
 from tests.test_crosscheck import Nifti, _all_voxels, _nifti_indices, read_nifti
@@ -37,7 +38,9 @@ def nifti_dir(export_src, tmp_path_factory):
                                   "CT_small.dcm", "MR_small.dcm"])
 def test_nifti_holds_the_volume_in_xyz_with_the_ras_affine(export_src, nifti_dir, name):
     key = export_src.key(name)
-    assert _exports(nifti_dir)[key]["status"] == "exported"
+    row = _exports(nifti_dir)[key]
+    assert row["status"] == "exported"
+    assert row["reason"].startswith("irregular spacing") == (name == "irregular")
     image = nib.load(schemas.nifti_uri(str(nifti_dir), key))
     with readers.open_volume(export_src.out, key) as vol:
         volume, ras = vol.array[:], vol.affine_ras
@@ -203,6 +206,20 @@ def test_hdf5_bytes_are_deterministic_and_rerun_appends_without_rewriting(export
     again = str(tmp_path / "again")
     export.run(["--output", export_src.out, "--to", again, "--format", "hdf5", *RUNNER_ARGS])
     assert open(_h5(again), "rb").read() == open(_h5(hdf5_dir), "rb").read()
+
+
+def test_one_hdf5_file_per_summary_table_shard(export_src, tmp_path):
+    out, to = str(tmp_path / "out"), str(tmp_path / "to")
+    convert(["--input", str(export_src.root), "--output", out, "--table_shards", "3", *RUNNER_ARGS])
+    export.run(["--output", out, "--to", to, "--format", "hdf5", *RUNNER_ARGS])
+    keys = sorted(_exports(to))
+    found = {}
+    for index in range(3):
+        with h5py.File(export_hdf5.shard_uri(to, index, 3), "r") as h5:
+            found.update({key: index for key in h5})
+            assert all(tuple(h5[key]["volume"].attrs["axes"]) == ("z", "y", "x") or key == export_src.key("rgb")
+                       for key in h5)
+    assert found == {key: tables.shard_of_key(key, 3) for key in keys} and len(set(found.values())) > 1
 
 
 def test_hdf5_blosc_zstd(export_src, tmp_path):

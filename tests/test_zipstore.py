@@ -127,3 +127,24 @@ def test_dataset_rows_point_at_the_zip_volume(zipped):
 
     for key in _converted_keys(zipped):
         assert datasets.series_images(zipped, key)["volume_uri"] == schemas.volume_uri(zipped, key, schemas.STORE_ZIP)
+
+
+def test_zip_store_with_middle_previews_reads_the_scratch_volume(corpus, converted, tmp_path):
+    import csv as csv_module
+
+    uid, expected = next((u, e) for u, e in corpus.expected.items() if e["kind"] == "regular")
+    manifest = tmp_path / "one.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["uri"])
+        writer.writerows([p] for p in expected["files"])
+    out = str(tmp_path / "out")
+    run(["--input", str(manifest), "--output", out, "--store", "zip", "--previews", "middle", *RUNNER_ARGS])
+    (row,) = read_table(out, "series").to_pylist()
+    key = row["series_key"]
+    assert row["zarr_uri"] == schemas.volume_uri(out, key, schemas.STORE_ZIP)
+    previews = sorted(os.listdir(os.path.join(out, "previews")))
+    assert previews == [f"{key}.jpg", f"{key}_montage.jpg"]
+    with readers.open_volume(out, key) as vol:
+        assert np.array_equal(vol.array[:], zarr.open_group(schemas.zarr_uri(converted, key), mode="r")["0"][:])
+    assert not any(name.startswith("dicomflow-zip-") for name in os.listdir(os.environ.get("TMPDIR", "/tmp")))
