@@ -22,7 +22,6 @@ import io
 from typing import Any, Iterable
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, PositronEmissionTomographyImageStorage,
                          PYDICOM_IMPLEMENTATION_UID, SecondaryCaptureImageStorage)
