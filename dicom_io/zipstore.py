@@ -58,7 +58,7 @@ def read_store(uri: str) -> Any:
     if not storage.is_remote(uri):
         return zarr.storage.ZipStore(uri.removeprefix("file://"), mode="r")
     import fsspec
-    from zarr.storage._fsspec import _make_async
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
     zip_fs = fsspec.filesystem("zip", fo=uri, target_options=storage.REMOTE_OPTIONS)
-    return zarr.storage.FsspecStore(fs=_make_async(zip_fs), path="", read_only=True)
+    return zarr.storage.FsspecStore(fs=AsyncFileSystemWrapper(zip_fs, asynchronous=True), path="", read_only=True)
