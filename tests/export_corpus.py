@@ -57,7 +57,8 @@ SERIES = {
 VARIANTS = {"rgb": _spec("rgb", positions=_axial(3)),
             "monochrome1": _spec("monochrome1"),
             "dx": _spec("dx", positions=_axial(1))}
-PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm")
+PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm")  # pydicom's own test files
+PYDICOM_DATA_FILES = ("693_UNCI.dcm", "MR2_UNCI.dcm")  # pydicom-data's (a 512 x 512 CT, a vendor MR)
 DTYPES = {"axial": "int16", "float": "float32", "pet": "float32", "rgb": "uint8", "monochrome1": "int16"}
 
 
@@ -86,7 +87,7 @@ def _write(root: Path) -> dict[str, Path]:
         folders[name] = root / name
         for i in range(len(spec.positions)):
             synthetic.write_variant(folders[name] / f"{i:03d}", spec, i, seed=SEED, variant=name)
-    for name in PYDICOM_FILES:
+    for name in PYDICOM_FILES + PYDICOM_DATA_FILES:
         folders[name] = root / name.removesuffix(".dcm")
         folders[name].mkdir()
         shutil.copy(pydicom.data.get_testdata_file(name, download=False), folders[name] / name)

@@ -23,7 +23,7 @@ from tests.export_corpus import SERIES, dcm2niix, export_src  # noqa: F401  (ses
 from tests.test_crosscheck import _all_voxels, _nifti_indices, read_nifti
 
 ROUND_TRIP = ["axial", "oblique", "tilted", "irregular", "float", "pet", "mr", "rgb", "monochrome1", "dx",
-              "CT_small.dcm", "MR_small.dcm"]
+              "CT_small.dcm", "MR_small.dcm", "693_UNCI.dcm", "MR2_UNCI.dcm"]
 
 
 def _exports(to) -> dict[str, dict]:
@@ -119,7 +119,8 @@ def test_keep_uids_and_deterministic_bytes(export_src, exported, tmp_path):
 
 # ---- independent readers of the exported series ------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["axial", "oblique", "float", "pet", "mr", "CT_small.dcm"])
+@pytest.mark.parametrize("name", ["axial", "oblique", "float", "pet", "mr", "CT_small.dcm", "693_UNCI.dcm",
+                                  "MR2_UNCI.dcm"])
 def test_simpleitk_reads_the_exported_series_to_the_same_voxels_and_affine(export_src, exported, name):
     to, _ = exported
     key = export_src.key(name)
