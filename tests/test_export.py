@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import apache_beam as beam
 import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc filter for reading --hdf5_compression zstd)
 import nibabel as nib
@@ -231,6 +232,22 @@ def test_hdf5_blosc_zstd(export_src, tmp_path):
         dataset = h5[key]["volume"]
         assert str(hdf5plugin.Blosc.filter_id) in {str(f) for f in dataset._filters}
         assert np.array_equal(dataset[()], vol.array[:])
+
+
+def test_export_series_transform_routes_failures_to_rows(export_src, pipeline, tmp_path):
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from dicom_io.exports import ExportSettings
+    from transforms.export import ExportSeries
+
+    key, dx = export_src.key("axial"), export_src.key("dx")
+    settings = ExportSettings(output=export_src.out, to=str(tmp_path), fmt="nifti")
+    with pipeline as p:
+        rows = p | ExportSeries(settings, (key, dx, "nope_s00"))
+        statuses = rows | "Status" >> beam.Map(lambda r: (r["series_key"], r["status"], r["reason"].split(":")[0]))
+        assert_that(statuses, equal_to([(key, "exported", ""), (dx, "failed", "ExportError"),
+                                        ("nope_s00", "failed", "unknown series")]))
+    assert os.path.exists(schemas.nifti_uri(str(tmp_path), key))
 
 
 def test_export_needs_to_and_format(export_src, tmp_path):

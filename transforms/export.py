@@ -56,6 +56,8 @@ class ExportSeriesFn(beam.DoFn):
             LOG.warning("%s: not exported as %s: %s", key, fmt, exc)
             yield TaggedOutput(FAILED, export_row(key, fmt, schemas.FAILED, f"{type(exc).__name__}: {exc}"))
             return
+        except Exception as exc:  # a bug, not a bad series: fail the job, naming the series
+            raise RuntimeError(f"exporting {key} ({row.get('series_instance_uid')}) as {fmt}: {exc}") from exc
         self.exported.inc()
         yield result
 
