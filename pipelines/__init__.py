@@ -1,1 +1,1 @@
-"""One module per job: convert (more to come). The only place that reads PipelineOptions."""
+"""One module per job: convert, manifest, verify, dataset, export, aggregate. The only place that reads PipelineOptions."""
