@@ -28,7 +28,7 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
 from pydicom.valuerep import DSfloat
 
 from dicom_io import schemas, storage
-from dicom_io.exports import ExportError, SeriesData, export_row, slabs
+from dicom_io.exports import ExportError, SeriesData, axis_names, export_row, slabs
 
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage, "PT": PositronEmissionTomographyImageStorage}
 UINT16_MAX = 65535
@@ -216,9 +216,9 @@ def encode(ds: Dataset) -> bytes:
 
 def exported_datasets(data: SeriesData, keep_uids: bool = False) -> Iterable[tuple[int, Dataset]]:
     """(z, dataset) of every slice, in z order, one stored shard of the volume in memory at a time."""
-    shape = data.volume.shape
-    if len(shape) == 4 and shape[-1] != 3:
-        raise ExportError(f"4D volume {list(shape)}: DICOM export writes 3D series only")
+    shape, names = data.volume.shape, axis_names(data.volume)
+    if names not in (("z", "y", "x"), ("z", "y", "x", "c")):
+        raise ExportError(f"volume axes {names} {list(shape)}: DICOM export writes 3D series only")
     if len(data.slices) != shape[0]:
         raise ExportError(f"slices CSV has {len(data.slices)} rows, the volume {shape[0]} slices")
     rescales = float_encoding(data.volume.array) if data.volume.array.dtype.kind == "f" else None

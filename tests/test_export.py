@@ -153,6 +153,22 @@ def test_4d_volume_becomes_4d_nifti_with_bval_bvec(tmp_path):
     np.testing.assert_allclose(bvec[:, 1], [0.0, 0.0, 1.0], atol=1e-6)  # L gradient lies along the slice axis
 
 
+def test_4d_volume_in_hdf5_keeps_its_axes_and_dicom_refuses_it(tmp_path):
+    out, key = str(tmp_path / "out"), "perf_0123456789ab_s00"
+    volume = np.arange(2 * 3 * 4 * 3, dtype=np.int16).reshape(2, 3, 4, 3)  # x == 3: not colour, the names say so
+    _hand_built_4d(out, key, volume, {"series_key": key, "affine_lps": np.eye(4).tolist(),
+                                      "shape": list(volume.shape), "dtype": "int16"})
+    to = str(tmp_path / "h5")
+    export.run(["--output", out, "--to", to, "--format", "hdf5", *RUNNER_ARGS])
+    with h5py.File(export_hdf5.shard_uri(to, 0, 1), "r") as h5:
+        assert np.array_equal(h5[key]["volume"][()], volume)
+        assert tuple(h5[key]["volume"].attrs["axes"]) == ("t", "z", "y", "x")
+    dicom = str(tmp_path / "dicom")
+    export.run(["--output", out, "--to", dicom, "--format", "dicom", *RUNNER_ARGS])
+    row = _exports(dicom)[key]
+    assert row["status"] == "failed" and "3D series only" in row["reason"]
+
+
 # ---- hdf5 ------------------------------------------------------------------------------------------
 
 def _h5(to) -> str:
