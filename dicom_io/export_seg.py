@@ -68,6 +68,21 @@ def _descriptions(n: int) -> list[Any]:
             for i in range(1, n + 1)]
 
 
+def _content_date(image: Dataset) -> str:
+    """The series' (0008,0021) SeriesDate, else its study's: the SEG's content date, the same on every run."""
+    return str(getattr(image, "SeriesDate", "") or getattr(image, "StudyDate", "") or "19000101")
+
+
+def _without_clock(seg: Dataset, dimension_uid: str) -> None:
+    """What highdicom stamps from the clock or a random UID, made a function of the inputs: same bytes per run."""
+    del seg.InstanceCreationDate, seg.InstanceCreationTime  # Type 3 in SOP Common
+    for item in list(seg.DimensionOrganizationSequence) + list(seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimension_uid
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = f"{seg.ContentDate}{seg.ContentTime}"
+
+
 def export_seg(data: SeriesData, images: Sequence[Dataset], labels_uri: str, to: str) -> str:
     """Write DIR/{key}/seg.dcm for `labels_uri` over the exported `images` (headers, in z order)."""
     import highdicom as hd
@@ -84,7 +99,9 @@ def export_seg(data: SeriesData, images: Sequence[Dataset], labels_uri: str, to:
         segment_descriptions=_descriptions(n), series_instance_uid=derived_uid("seg-series", series),
         series_number=int(getattr(images[0], "SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=derived_uid("seg", series), instance_number=1, manufacturer="dicomflow",
-        manufacturer_model_name="dicomflow export", software_versions="0.1.0", device_serial_number="0")
+        manufacturer_model_name="dicomflow export", software_versions="0.1.0", device_serial_number="0",
+        content_date=_content_date(images[0]), content_time="000000")
+    _without_clock(seg, derived_uid("seg-dimensions", series))
     uri = schemas.dicom_seg_uri(to, data.key)
     storage.write_bytes(uri, encode(seg))
     return uri

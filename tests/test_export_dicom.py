@@ -208,6 +208,10 @@ def test_labels_become_a_dicom_seg_referencing_the_exported_images(export_src, t
     referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
     assert referenced == {ds.SOPInstanceUID for ds in images}
     assert seg.FrameOfReferenceUID == images[0].FrameOfReferenceUID
+    again = tmp_path / "again"
+    export.run(["--output", export_src.out, "--to", str(again), "--format", "dicom", "--series", key,
+                "--labels", labels_uri, *RUNNER_ARGS])
+    assert open(schemas.dicom_seg_uri(str(again), key), "rb").read() == open(seg_uri, "rb").read()
     for z, ds in enumerate(images):
         pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ds.SOPInstanceUID],
                                                    combine_segments=True, skip_overlap_checks=True,
