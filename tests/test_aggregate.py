@@ -92,3 +92,13 @@ def test_pick_prefers_converted_then_the_later_part():
 def test_aggregate_without_parts_is_refused(converted):
     with pytest.raises(SystemExit, match="no summary/parts"):
         aggregate_job.run(["--output", converted, *RUNNER_ARGS])
+
+
+def test_aggregate_on_gs(gcs, sharded):
+    _, out, _ = sharded
+    remote = gcs.upload_tree(os.path.join(out, "summary", "parts"), "aggregate-out/summary/parts")
+    root = remote.rsplit("/summary/parts", 1)[0]
+    aggregate_job.run(["--output", root, *RUNNER_ARGS])
+    for name in ("series", "instances"):
+        assert sorted(json.dumps(r, sort_keys=True) for r in read_table(root, name).to_pylist()) == \
+            sorted(json.dumps(r, sort_keys=True) for r in read_table(out, name).to_pylist())
