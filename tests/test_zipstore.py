@@ -148,3 +148,23 @@ def test_zip_store_with_middle_previews_reads_the_scratch_volume(corpus, convert
     with readers.open_volume(out, key) as vol:
         assert np.array_equal(vol.array[:], zarr.open_group(schemas.zarr_uri(converted, key), mode="r")["0"][:])
     assert not any(name.startswith("dicomflow-zip-") for name in os.listdir(os.environ.get("TMPDIR", "/tmp")))
+
+
+def test_dataset_job_over_a_zip_store_points_pairs_at_the_zip_objects(zipped, tmp_path):
+    import csv as csv_module
+
+    from pipelines import dataset as dataset_job
+
+    series = [r for r in read_table(zipped, "series").to_pylist() if r["status"] == "converted"]
+    table = tmp_path / "reports.csv"
+    with open(table, "w", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["study_id", "series_number", "instance_id", "report_value"])
+        writer.writerows([s["study_instance_uid"], s["series_number"], s["series_key"], "Findings."] for s in series)
+    dataset_job.run(["--output", zipped, "--format", "vlm", "--report_table", str(table), *RUNNER_ARGS])
+    pairs = [json.loads(line) for line in
+             open(schemas.dataset_uri(zipped, schemas.VLM, "pairs-00000-of-00001.jsonl")).read().splitlines()]
+    assert pairs and {p["series_key"] for p in pairs} == {s["series_key"] for s in series}
+    for pair in pairs:
+        assert pair["volume_uri"] == schemas.volume_uri(zipped, pair["series_key"], schemas.STORE_ZIP)
+        assert os.path.isfile(pair["volume_uri"])
