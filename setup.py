@@ -27,5 +27,7 @@ setup(
                                       "dicomflow-convert=pipelines.convert:main",
                                       "dicomflow-manifest=pipelines.manifest:main",
                                       "dicomflow-verify=pipelines.verify:main",
-                                      "dicomflow-dataset=pipelines.dataset:main"]},
+                                      "dicomflow-dataset=pipelines.dataset:main",
+                                      "dicomflow-export=pipelines.export:main",
+                                      "dicomflow-aggregate=pipelines.aggregate:main"]},
 )

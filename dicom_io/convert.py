@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dicom_io import geometry, pixels, previews, resample, schemas, storage
+from dicom_io import geometry, pixels, previews, resample, schemas, storage, zipstore
 from dicom_io.errors import DicomflowError, StorageError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
@@ -42,6 +42,7 @@ class ConvertSettings:
     previews: previews.PreviewSettings = previews.PreviewSettings()
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
+    store: str = schemas.STORE_DIRECTORY  # schemas.VOLUME_STORES: volumes/{key}.zarr or volumes/{key}.zarr.zip
 
 
 @dataclass
@@ -275,6 +276,21 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
     return rows
 
 
+def _write_to_store(plan: StackPlan, uri: str, attributes: dict[str, Any], settings: ConvertSettings,
+                    executor: Executor | None, grid: resample.Grid | None) -> list[dict[str, Any]]:
+    """_write_volume into the volume's directory, or (--store zip) into a scratch tree put at `uri` as one object."""
+    if settings.store != schemas.STORE_ZIP:
+        return _write_volume(plan, uri, attributes, settings, executor, grid)
+    with zipstore.staged_zip(uri) as tree:
+        return _write_volume(plan, tree, attributes, settings, executor, grid)
+
+
+def _remove_volumes(output: str, key: str) -> None:
+    """Delete the volume of `key` in every store layout (a re-run may have changed --store)."""
+    for store in schemas.VOLUME_STORES:
+        storage.remove_tree(schemas.volume_uri(output, key, store))
+
+
 def _series_previews(uri: str, dicom: dict[str, Any], settings: ConvertSettings, key: str,
                      rows: list[dict[str, Any]]) -> None:
     """--previews=middle: the middle slice and a three-plane montage, from the written volume."""
@@ -292,12 +308,13 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     resampled = "" if grid is None else f"+resampled:{plan.ordering.geometry}"
     p = settings.previews
     shown = "" if p.mode == "none" else f"+previews:{p.mode}:{p.fmt}:{p.naming}"
-    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}"
+    stored = "" if settings.store == schemas.STORE_DIRECTORY else f"+store:{settings.store}"
+    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}{stored}"
 
 
 def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
     return {**dicom, "status": schemas.CONVERTED, "reason": "",
-            "zarr_uri": schemas.zarr_uri(settings.output, plan.series_key),
+            "zarr_uri": schemas.volume_uri(settings.output, plan.series_key, settings.store),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
             "provenance": {"pipeline_version": PIPELINE_VERSION,
@@ -325,7 +342,7 @@ def _load_committed(plan: StackPlan, settings: ConvertSettings) -> dict[str, Any
 
 
 def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) -> StackResult:
-    storage.remove_tree(schemas.zarr_uri(settings.output, plan.series_key))
+    _remove_volumes(settings.output, plan.series_key)
     storage.remove(schemas.slices_csv_uri(settings.output, plan.series_key))  # of an earlier, good run
     dicom = dicom_attributes(plan)
     culprit = failure.header
@@ -351,11 +368,11 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     if committed is not None:
         return StackResult(schemas.series_row(committed), _converted_rows(plan), reused=True)
     out = settings.output
-    zarr_uri = schemas.zarr_uri(out, plan.series_key)
+    zarr_uri = schemas.volume_uri(out, plan.series_key, settings.store)
     json_uri = schemas.series_json_uri(out, plan.series_key)
     if storage.exists(json_uri):  # stale commit: un-commit first so a crash cannot leave it valid
         storage.remove_tree(json_uri)
-    storage.remove_tree(zarr_uri)
+    _remove_volumes(out, plan.series_key)
     storage.remove(json_uri)  # revoke a commit another writer made during that cleanup: we redo it
     if plan.ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "fail":
         reason = f"irregular spacing (largest step {plan.ordering.max_gap:.3f} mm) and --irregular=fail"
@@ -363,8 +380,8 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     grid = output_grid(plan, settings)
     dicom = dicom_attributes(plan, grid)
     try:
-        slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                               settings, executor, grid)
+        slices = _write_to_store(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
+                                 settings, executor, grid)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     except OSError as exc:  # full disk, read-only store: the job fails, naming where

@@ -138,7 +138,7 @@ def series_images(output: str, series_key: str) -> dict[str, Any]:
     slices = schemas.parse_slices_csv(storage.read_bytes(slices_uri))
     previews = [r.get("preview_uri") or "" for r in slices]
     middle = previews[len(previews) // 2] if previews else ""
-    return {"volume_uri": schemas.zarr_uri(output, series_key), "slices_uri": slices_uri,
+    return {"volume_uri": schemas.committed_volume_uri(output, series_key), "slices_uri": slices_uri,
             "preview_uri": middle or None, "image_uris": [p for p in previews if p]}
 
 

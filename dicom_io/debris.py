@@ -3,7 +3,7 @@
 A run holds OUT's lock when this runs, so nothing found here is being written. Three kinds:
 - temporary names of atomic writes (`storage.write_bytes`: `NAME.tmp-<32 hex>`; zarr's LocalStore:
   `NAME.<32 hex>.partial`), anywhere below OUT but inside Zarr groups (those go whole, below);
-- partial volumes: `volumes/{key}.zarr` without its commit record `series/{key}.json`;
+- partial volumes: `volumes/{key}.zarr` (or `.zarr.zip`) without its commit record `series/{key}.json`;
 - slices CSVs without their commit record.
 On gs:// object writes are atomic (no temporary names), and a partial volume is deleted when its
 series is converted again (dicom_io.convert's commit protocol); nothing is listed there.
@@ -50,6 +50,8 @@ def _partial_series(root: str) -> list[str]:
     volumes = os.path.join(root, schemas.VOLUMES_DIR)
     slices = os.path.join(root, schemas.SLICES_DIR)
     return ([os.path.join(volumes, f"{k}.zarr") for k in sorted(_keys(volumes, ".zarr") - committed)]
+            + [os.path.join(volumes, f"{k}{schemas.ZIP_SUFFIX}")
+               for k in sorted(_keys(volumes, schemas.ZIP_SUFFIX) - committed)]
             + [os.path.join(slices, f"{k}.csv") for k in sorted(_keys(slices, ".csv") - committed)])
 
 

@@ -342,3 +342,85 @@ VLM_PAIRS_SCHEMA = pa.schema(
         ("report_text", pa.string()),
     ]
 )
+
+
+# ---- volume stores (pipelines.convert --store) ----------------------------------------------------
+# directory: OUT/volumes/{key}.zarr (a Zarr v3 directory tree); zip: OUT/volumes/{key}.zarr.zip (the same
+# tree in one uncompressed ZIP object, readable with zarr.storage.ZipStore). Readers accept both.
+STORE_DIRECTORY, STORE_ZIP = "directory", "zip"
+VOLUME_STORES = (STORE_DIRECTORY, STORE_ZIP)
+ZIP_SUFFIX = ".zarr.zip"
+
+
+def volume_uri(output: str, key: str, store: str = STORE_DIRECTORY) -> str:
+    """Where convert writes the volume of `key` with --store `store`."""
+    if store == STORE_ZIP:
+        return storage.join(output, VOLUMES_DIR, f"{key}{ZIP_SUFFIX}")
+    return zarr_uri(output, key)
+
+
+def volume_store_of(uri: str) -> str:
+    """The store kind a volume URI names (by its suffix)."""
+    return STORE_ZIP if uri.endswith(ZIP_SUFFIX) else STORE_DIRECTORY
+
+
+def committed_volume_uri(output: str, key: str) -> str:
+    """The volume of `key` as it exists under OUT: the zip object if there is one, else the directory."""
+    zipped = volume_uri(output, key, STORE_ZIP)
+    return zipped if storage.exists(zipped) else zarr_uri(output, key)
+
+
+# ---- export job (pipelines.export): DIR/ ------------------------------------------------------------
+# nifti: DIR/{key}.nii.gz (+ .bval/.bvec); hdf5: DIR/series-IIIII-of-NNNNN.h5 (one group per series);
+# dicom: DIR/{key}/{z:05d}.dcm (+ DIR/{key}/seg.dcm with --labels). Every run: DIR/exports-*.parquet.
+EXPORT_FORMATS = ("dicom", "hdf5", "nifti")
+EXPORTED = "exported"  # an export row's status (FAILED otherwise)
+EXPORTS_PREFIX = "exports"
+HDF5_PREFIX = "series"
+
+EXPORT_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("format", pa.string()),
+        ("status", pa.string()),  # exported | failed
+        ("reason", pa.string()),
+        ("outputs", pa.list_(pa.string())),  # files written (or appended to) for this series
+    ]
+)
+
+
+def export_prefix(to: str, name: str) -> str:
+    """Prefix of an export table or HDF5 shard: DIR/{name} -> {name}-00000-of-00001.{ext}."""
+    return storage.join(to, name)
+
+
+def nifti_uri(to: str, key: str) -> str:
+    return storage.join(to, f"{key}.nii.gz")
+
+
+def dicom_series_dir(to: str, key: str) -> str:
+    return storage.join(to, key)
+
+
+def dicom_slice_uri(to: str, key: str, index: int) -> str:
+    return storage.join(to, key, f"{index:05d}.dcm")
+
+
+def dicom_seg_uri(to: str, key: str) -> str:
+    return storage.join(to, key, "seg.dcm")
+
+
+# ---- summary parts (pipelines.convert --summary_part, pipelines.aggregate) -------------------------
+# A convert run over one shard of a manifest also writes its summary rows to
+# OUT/summary/parts/{part}/{series,instances}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
+# OUT/summary/{series,instances}-*.parquet as the union of every part (each file exactly once).
+PARTS_DIR = "parts"
+
+
+def part_prefix(output: str, part: str, name: str) -> str:
+    """OUT/summary/parts/{part}/{name}: the prefix of one run's part of summary table `name`."""
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, part, name)
+
+
+def parts_glob(output: str, name: str) -> str:
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", f"{name}-*.parquet")

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import os
 import posixpath
+import shutil
 import uuid
 from typing import IO, Any
 
@@ -94,6 +95,23 @@ def write_bytes(uri: str, data: bytes) -> int:
             raise
         failpoints.reached("after_replace", path)
         return len(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
+
+
+def put_file(local_path: str, uri: str) -> int:
+    """Move/upload the local file `local_path` to `uri` as one object (atomic as write_bytes); returns its size."""
+    size = os.path.getsize(local_path)
+    fs, path = _fs(uri)
+    try:
+        if is_remote(uri):
+            fs.put_file(local_path, path)
+            return size
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+        return size
     except OSError as exc:
         raise StorageError(f"cannot write {uri}: {exc}") from exc
 

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import zarr
 
-from dicom_io import geometry, pixels, render, schemas, storage
+from dicom_io import geometry, pixels, readers, render, schemas, storage
 from dicom_io.errors import DicomflowError
 from dicom_io.header import read_header
-from dicom_io.volume import ARRAY_NAME, slice_md5
+from dicom_io.volume import slice_md5
 
 MAX_LISTED = 20  # failures listed per check and series; the rest are counted
 POSITION_TOLERANCE_MM = 1e-3
@@ -74,8 +73,8 @@ def sample_rank(series_key: str, seed: int) -> str:
 # ---- the checks ---------------------------------------------------------------------------------
 
 def open_volume(output: str, key: str) -> Any:
-    """Array "0" of OUT/volumes/{key}.zarr, read only."""
-    return zarr.open_group(storage.zarr_store(schemas.zarr_uri(output, key)), mode="r")[ARRAY_NAME]
+    """Array "0" of the volume of `key` (directory or zip store, dicom_io.readers), read only."""
+    return readers.open_volume(output, key).array
 
 
 def _slabs(array: Any) -> Iterable[tuple[int, np.ndarray]]:

@@ -12,12 +12,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
-from dicom_io import previews
+from dicom_io import aggregate, previews, schemas
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import (DeidOptions, JobOptions, PixelOptions, deid_settings, parse_bool, quiet_main,
                               require, run_job)
 from pipelines.report import print_summary
 from transforms.convert import ConvertToVolumes
+from transforms.aggregate import WriteSummaryPart
 from transforms.tables import WriteSummaryTables
 
 __all__ = ["ConvertOptions", "JobOptions", "build", "parse_bool", "run", "main"]
@@ -42,6 +43,12 @@ class ConvertOptions(PipelineOptions):
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
                             help="Irregularly spaced stacks: keep, resample to a uniform step, or fail")
+        parser.add_argument("--summary_part", default=None,
+                            help="Also keep this run's summary rows as OUT/summary/parts/NAME/ for pipelines.aggregate "
+                                 "(default: series_shard_XX when --input is a manifest shard CSV)")
+        parser.add_argument("--store", choices=schemas.VOLUME_STORES, default=schemas.STORE_DIRECTORY,
+                            help="directory (OUT/volumes/{key}.zarr) or zip (OUT/volumes/{key}.zarr.zip, "
+                                 "one object per series)")
 
 
 SHARED_OPTIONS = (("pixels", PixelOptions), ("de-identification", DeidOptions))
@@ -63,12 +70,18 @@ def validate(opts: ConvertOptions) -> None:
         raise SystemExit("pipelines.convert: --preview_naming=manifest:COLUMN needs a manifest --input")
     if not 1 <= opts.compression_level <= 9:
         raise SystemExit("pipelines.convert: --compression_level must be 1 to 9")
+    if opts.summary_part:
+        try:
+            aggregate.check_part(opts.summary_part)
+        except ValueError as exc:
+            raise SystemExit(f"pipelines.convert: {exc}") from exc
 
 
 def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.view_as(PixelOptions).max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
+                           store=opts.store,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 
@@ -79,7 +92,16 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     tables = pipeline | "Convert" >> ConvertToVolumes(
         input_uri=shared.input, settings=settings, manifest_column=shared.manifest_column,
         deid=deid_settings("convert", opts), label_column=settings.previews.label_column)
-    return tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
+    written = tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
+    part = summary_part_of(opts)
+    if part:
+        tables | "WriteSummaryPart" >> WriteSummaryPart(shared.output, part, shared.table_shards)
+    return written
+
+
+def summary_part_of(opts: ConvertOptions) -> str | None:
+    """--summary_part, else series_shard_XX for a manifest shard --input (dicom_io.aggregate.default_part)."""
+    return opts.summary_part or aggregate.default_part(opts.view_as(JobOptions).input or "")
 
 
 def summarize(opts: ConvertOptions) -> None:

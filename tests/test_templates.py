@@ -162,6 +162,7 @@ REGEX_SAMPLES = {
     "preview_naming": (["key", "sop", "manifest:instance_id"], ["manifest:", "name", ""]),
     "deid_key": (["a-long-enough-secret"], ["short", ""]),
     "irregular": (["keep", "resample", "fail"], ["", "drop"]),
+    "store": (["directory", "zip"], ["", "sqlite", "ZIP"]),
 }
 
 

@@ -77,7 +77,7 @@ class AttachImagesFn(beam.DoFn):
         except (OSError, DicomflowError, ValueError) as exc:
             self.unreadable.inc()
             LOG.warning("%s: slices CSV unreadable (%s); no previews", key, exc)
-            images = {"volume_uri": schemas.zarr_uri(self._output, key),
+            images = {"volume_uri": schemas.committed_volume_uri(self._output, key),
                       "slices_uri": schemas.slices_csv_uri(self._output, key), "preview_uri": None, "image_uris": []}
         yield {**element, "images": images}
 

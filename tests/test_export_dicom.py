@@ -1,0 +1,297 @@
+"""pipelines.export --format dicom: convert -> export -> convert is pixel- and affine-identical; dcm2niix and
+SimpleITK read the exported series; UIDs derived or kept; DICOM SEG read back with highdicom; de-identified
+OUT exports no PHI; gs://."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import zarr
+
+from dicom_io import export_dicom, readers, schemas, tables
+from pipelines import export
+from pipelines.convert import run as convert
+from tests import synthetic
+from tests.conftest import RUNNER_ARGS, all_files
+from tests.export_corpus import SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
+from tests.test_crosscheck import _all_voxels, _nifti_indices, read_nifti
+
+ROUND_TRIP = ["axial", "oblique", "tilted", "irregular", "float", "pet", "mr", "rgb", "monochrome1", "dx",
+              "CT_small.dcm", "MR_small.dcm", "693_UNCI.dcm", "MR2_UNCI.dcm"]
+
+
+def _exports(to) -> dict[str, dict]:
+    rows = tables.read_shards(schemas.export_prefix(str(to), schemas.EXPORTS_PREFIX), schemas.EXPORT_SCHEMA)
+    return {r["series_key"]: r for r in rows.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def exported(export_src, tmp_path_factory):
+    """Every converted series exported as DICOM, then the export converted again."""
+    to = tmp_path_factory.mktemp("dicom")
+    export.run(["--output", export_src.out, "--to", str(to), "--format", "dicom", *RUNNER_ARGS])
+    back = str(tmp_path_factory.mktemp("back"))
+    convert(["--input", str(to), "--output", back, *RUNNER_ARGS])
+    return to, back
+
+
+def _first(to, key) -> pydicom.Dataset:
+    return pydicom.dcmread(sorted(glob.glob(os.path.join(str(to), key, "*.dcm")))[0])
+
+
+def _reconverted(back: str, to, key: str) -> dict:
+    uid = _first(to, key).SeriesInstanceUID
+    found = [r for r in tables.read_table(back, "series").to_pylist() if r["series_instance_uid"] == uid]
+    assert len(found) == 1 and found[0]["status"] == "converted", found
+    return found[0]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_convert_export_convert_is_byte_equal_with_the_same_affine(export_src, exported, name):
+    to, back = exported
+    key = export_src.key(name)
+    assert _exports(to)[key]["status"] == "exported"
+    row = _reconverted(back, to, key)
+    with readers.open_volume(export_src.out, key) as a, readers.open_volume(back, row["series_key"]) as b:
+        first, second = a.array[:], b.array[:]
+        assert first.dtype == second.dtype and first.shape == second.shape
+        assert first.tobytes() == second.tobytes()
+        assert b.dicom["geometry"] == a.dicom["geometry"]
+        if a.affine_lps is None:
+            assert b.affine_lps is None
+        else:
+            np.testing.assert_allclose(b.affine_lps, a.affine_lps, rtol=0, atol=1e-6)
+        assert b.dicom["monochrome1"] == a.dicom["monochrome1"]
+    src_slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    new_slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(back, row["series_key"]), "rb").read())
+    assert [s["pixel_md5"] for s in new_slices] == [s["pixel_md5"] for s in src_slices]
+
+
+def test_float_volumes_use_rescaled_integers_with_per_slice_slopes(export_src, exported):
+    to, _ = exported
+    slopes = set()
+    for path in sorted(glob.glob(os.path.join(str(to), export_src.key("pet"), "*.dcm"))):
+        ds = pydicom.dcmread(path)
+        assert "PixelData" in ds and "FloatPixelData" not in ds and ds.BitsAllocated == 16
+        slopes.add(str(ds.RescaleSlope))
+    assert len(slopes) == 6
+
+
+def test_headers_come_from_the_record_with_derived_uids_and_source_references(export_src, exported):
+    to, _ = exported
+    key = export_src.key("axial")
+    slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    record_tags = readers.open_volume(export_src.out, key).dicom["tags"]
+    files = sorted(glob.glob(os.path.join(str(to), key, "*.dcm")))
+    assert [os.path.basename(f) for f in files] == [f"{z:05d}.dcm" for z in range(len(slices))]
+    for z, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        assert ds.SOPInstanceUID != slices[z]["sop_instance_uid"]
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == slices[z]["sop_instance_uid"]
+        assert ds.SOPInstanceUID == export_dicom.derived_uid("sop", slices[z]["sop_instance_uid"], key, z)
+        assert ds.SeriesInstanceUID != SERIES["axial"].series_uid and ds.StudyInstanceUID == SERIES["axial"].study_uid
+        assert ds.FrameOfReferenceUID == record_tags["FrameOfReferenceUID"]
+        assert ds.PatientID == "EXPORT" and ds.Manufacturer == "dicomflow-synthetic" and ds.KVP == 120
+        assert [float(v) for v in ds.ImagePositionPatient] == [slices[z]["ipp_x"], slices[z]["ipp_y"], slices[z]["ipp_z"]]
+        assert ds.SOPClassUID == pydicom.uid.CTImageStorage and ds.InstanceNumber == z + 1
+
+
+def test_keep_uids_and_deterministic_bytes(export_src, exported, tmp_path):
+    to, _ = exported
+    key = export_src.key("axial")
+    again, kept = tmp_path / "again", tmp_path / "kept"
+    export.run(["--output", export_src.out, "--to", str(again), "--format", "dicom", "--series", key, *RUNNER_ARGS])
+    export.run(["--output", export_src.out, "--to", str(kept), "--format", "dicom", "--series", key, "--keep_uids",
+                *RUNNER_ARGS])
+    for z, path in enumerate(sorted(glob.glob(os.path.join(str(to), key, "*.dcm")))):
+        assert open(path, "rb").read() == open(again / key / os.path.basename(path), "rb").read()
+    slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    kept_files = sorted(glob.glob(os.path.join(str(kept), key, "*.dcm")))
+    assert [pydicom.dcmread(p).SOPInstanceUID for p in kept_files] == [s["sop_instance_uid"] for s in slices]
+    assert {pydicom.dcmread(p).SeriesInstanceUID for p in kept_files} == {SERIES["axial"].series_uid}
+
+
+# ---- independent readers of the exported series ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["axial", "oblique", "float", "pet", "mr", "CT_small.dcm", "693_UNCI.dcm",
+                                  "MR2_UNCI.dcm"])
+def test_simpleitk_reads_the_exported_series_to_the_same_voxels_and_affine(export_src, exported, name):
+    to, _ = exported
+    key = export_src.key(name)
+    folder = os.path.join(str(to), key)
+    uid = _first(to, key).SeriesInstanceUID
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+    image = reader.Execute()
+    with readers.open_volume(export_src.out, key) as vol:
+        volume, affine = vol.array[:], vol.affine_lps
+    array = sitk.GetArrayFromImage(image)
+    assert array.shape == volume.shape
+    np.testing.assert_array_equal(array.astype(volume.dtype), volume)  # ITK rescales in double: equal at float32
+    itk = np.eye(4)
+    itk[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    itk[:3, 3] = image.GetOrigin()
+    np.testing.assert_allclose(itk[:, [0, 1, 3]], affine[:, [0, 1, 3]], atol=1e-4)
+    if volume.shape[0] > 1:
+        np.testing.assert_allclose(itk[:, 2], affine[:, 2], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique", "mr", "float", "pet"])
+def test_dcm2niix_reads_the_exported_series_to_the_same_voxels_and_affine(export_src, exported, tmp_path, name):
+    to, _ = exported
+    key = export_src.key(name)
+    nii = read_nifti(dcm2niix(os.path.join(str(to), key), tmp_path))
+    with readers.open_volume(export_src.out, key) as vol:
+        volume, affine = vol.array[:], vol.affine_lps
+    idx = _nifti_indices(nii, affine @ _all_voxels(volume.shape))
+    expected = volume.ravel().astype(np.float64)
+    if name == "pet":  # per-slice slopes: dcm2niix rescales every slice to one float32 scl_slope (2 ulp)
+        np.testing.assert_allclose(nii.data[tuple(idx)], expected, rtol=2.5e-7, atol=0)
+    elif volume.dtype.kind == "f":  # stored integers x a float32 scl_slope: equal at float32
+        np.testing.assert_array_equal(nii.data[tuple(idx)].astype(np.float32), expected.astype(np.float32))
+    else:
+        np.testing.assert_array_equal(nii.data[tuple(idx)], expected)
+
+
+# ---- Float Pixel Data: float volumes no integer grid holds (resampled) ---------------------------------
+
+def test_resampled_float_volume_round_trips_through_float_pixel_data(export_src, tmp_path):
+    out, to, back = str(tmp_path / "out"), tmp_path / "to", str(tmp_path / "back")
+    convert(["--input", str(export_src.folders["tilted"]), "--output", out, "--tilt", "resample", *RUNNER_ARGS])
+    (row,) = tables.read_table(out, "series").to_pylist()
+    assert row["dtype"] == "float32" and row["resampled_from"] == "tilted"
+    export.run(["--output", out, "--to", str(to), "--format", "dicom", *RUNNER_ARGS])
+    ds = _first(to, row["series_key"])
+    assert "FloatPixelData" in ds and ds.BitsAllocated == 32 and "PixelData" not in ds
+    convert(["--input", str(to), "--output", back, *RUNNER_ARGS])
+    again = _reconverted(back, to, row["series_key"])
+    with readers.open_volume(out, row["series_key"]) as a, readers.open_volume(back, again["series_key"]) as b:
+        assert a.array[:].tobytes() == b.array[:].tobytes() and b.array.dtype == np.float32
+        np.testing.assert_allclose(b.affine_lps, a.affine_lps, atol=1e-6)
+
+
+def test_rescaled_integers_finds_exact_decimal_scales_or_refuses():
+    plane = (np.arange(12, dtype=np.float64).reshape(3, 4) * 0.013 - 7.5).astype(np.float32)
+    slope, intercept = export_dicom.rescaled_integers(plane)
+    k = np.rint((plane - float(intercept)) / float(slope))
+    assert np.array_equal((k * float(slope) + float(intercept)).astype(np.float32), plane)
+    assert export_dicom.rescaled_integers(np.random.default_rng(0).random((8, 8)).astype(np.float32)) is None
+
+
+# ---- DICOM SEG --------------------------------------------------------------------------------------
+
+def test_labels_become_a_dicom_seg_referencing_the_exported_images(export_src, tmp_path):
+    key = export_src.key("axial")
+    with readers.open_volume(export_src.out, key) as vol:
+        volume = vol.array[:]
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[volume > np.percentile(volume, 60)] = 1
+    labels[volume > np.percentile(volume, 90)] = 2
+    labels[0] = 0  # an empty slice
+    labels_uri = str(tmp_path / "labels.zarr")
+    zarr.open_group(labels_uri, mode="w", zarr_format=3).create_array("0", data=labels)
+    to = tmp_path / "to"
+    export.run(["--output", export_src.out, "--to", str(to), "--format", "dicom", "--series", key,
+                "--labels", labels_uri, *RUNNER_ARGS])
+    row = _exports(to)[key]
+    seg_uri = schemas.dicom_seg_uri(str(to), key)
+    assert row["status"] == "exported" and row["outputs"][-1] == seg_uri
+    seg = hd.seg.segread(seg_uri)
+    assert seg.number_of_segments == 2
+    images = [pydicom.dcmread(p) for p in sorted(glob.glob(os.path.join(str(to), key, "0*.dcm")))]
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in images}
+    assert seg.FrameOfReferenceUID == images[0].FrameOfReferenceUID
+    again = tmp_path / "again"
+    export.run(["--output", export_src.out, "--to", str(again), "--format", "dicom", "--series", key,
+                "--labels", labels_uri, *RUNNER_ARGS])
+    assert open(schemas.dicom_seg_uri(str(again), key), "rb").read() == open(seg_uri, "rb").read()
+    for z, ds in enumerate(images):
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ds.SOPInstanceUID],
+                                                   combine_segments=True, skip_overlap_checks=True,
+                                                   ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+        assert np.array_equal(pixels[0], labels[z]), z
+
+
+def test_labels_from_nifti_on_the_same_grid_and_refused_on_another(export_src, tmp_path):
+    import nibabel as nib
+
+    key = export_src.key("oblique")
+    with readers.open_volume(export_src.out, key) as vol:
+        shape, ras = vol.shape, vol.affine_ras
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[2:4, 5:10, 3:8] = 1
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0).copy(), ras), str(tmp_path / "labels.nii.gz"))
+    to = tmp_path / "to"
+    export.run(["--output", export_src.out, "--to", str(to), "--format", "dicom", "--series", key,
+                "--labels", str(tmp_path / "labels.nii.gz"), *RUNNER_ARGS])
+    seg = hd.seg.segread(schemas.dicom_seg_uri(str(to), key))
+    assert seg.number_of_segments == 1 and seg.NumberOfFrames == 2  # empty frames omitted
+    shifted = ras.copy()
+    shifted[:3, 3] += 5.0
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0).copy(), shifted), str(tmp_path / "off.nii.gz"))
+    off = tmp_path / "off"
+    export.run(["--output", export_src.out, "--to", str(off), "--format", "dicom", "--series", key,
+                "--labels", str(tmp_path / "off.nii.gz"), *RUNNER_ARGS])
+    row = _exports(off)[key]
+    assert row["status"] == "failed" and "not the series' grid" in row["reason"]
+
+
+def test_labels_need_one_series(export_src, tmp_path):
+    with pytest.raises(SystemExit, match="exactly one --series"):
+        export.run(["--output", export_src.out, "--to", str(tmp_path), "--format", "dicom", "--labels",
+                    str(tmp_path), *RUNNER_ARGS])
+
+
+# ---- de-identified OUT, gs:// -------------------------------------------------------------------------
+
+def test_deidentified_out_exports_no_phi(tmp_path):
+    from tests.test_deid import KEY, PHI, _leaks
+
+    root = tmp_path / "phi"
+    spec = synthetic.SeriesSpec(series_uid=synthetic.uid_from("phi-x"), study_uid=synthetic.uid_from("phi-xs"),
+                                patient_id=PHI["PatientID"], modality="CT", positions=synthetic.axial_positions(3, 2.0),
+                                iop=synthetic.AXIAL_IOP, pixel_spacing=(1.0, 1.0), rows=8, cols=8, slice_thickness=2.0)
+    uids = set()
+    for path in synthetic.write_series(root, spec, seed=1):
+        ds = pydicom.dcmread(path)
+        for keyword, value in PHI.items():
+            setattr(ds, keyword, value)
+        uids |= {ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID}
+        ds.save_as(path, enforce_file_format=True)
+    out, to = str(tmp_path / "out"), str(tmp_path / "to")
+    convert(["--input", str(root), "--output", out, "--deidentify", "--deid_key", KEY, *RUNNER_ARGS])
+    export.run(["--output", out, "--to", to, "--format", "dicom", *RUNNER_ARGS])
+    files = [f for f in all_files(to) if f.endswith(".dcm")]
+    assert len(files) == 3
+    needles = set(PHI.values()) | {PHI["PatientName"].split("^")[1]} | uids
+    assert _leaks(to, needles) == []
+    assert pydicom.dcmread(files[0]).PatientID.startswith("ANON-")
+
+
+def test_export_from_and_to_gs(gcs, export_src, tmp_path):
+    key = export_src.key("axial")
+    out = gcs.upload_tree(export_src.out, "export-out")
+    for fmt in ("dicom", "nifti", "hdf5"):
+        to = f"gs://{gcs.bucket}/export-{fmt}"
+        export.run(["--output", out, "--to", to, "--format", fmt, "--series", key, *RUNNER_ARGS])
+        assert _exports(to)[key]["status"] == "exported", _exports(to)[key]
+    names = gcs.names(f"export-dicom/{key}/")
+    assert len(names) == 6
+    local = tmp_path / "dicom"
+    local.mkdir()
+    for name in names:
+        (local / os.path.basename(name)).write_bytes(gcs.read(name))
+    back = str(tmp_path / "back")
+    convert(["--input", str(local), "--output", back, *RUNNER_ARGS])
+    (row,) = tables.read_table(back, "series").to_pylist()
+    with readers.open_volume(export_src.out, key) as a, readers.open_volume(back, row["series_key"]) as b:
+        assert a.array[:].tobytes() == b.array[:].tobytes()
+    assert gcs.names("export-nifti/") == sorted([f"export-nifti/{key}.nii.gz", "export-nifti/exports-00000-of-00001.parquet"])
+    assert "export-hdf5/series-00000-of-00001.h5" in gcs.names("export-hdf5/")
