@@ -242,6 +242,13 @@ def csv_text(header_row: Sequence[str] | None, rows: Iterable[Sequence[Any]]) ->
     return buffer.getvalue()
 
 
+def encode_unreadable(rows: list[dict]) -> bytes:
+    """unreadable CSV bytes: header, then uri,size_bytes,reason sorted by URI."""
+    ordered = sorted(rows, key=lambda row: row["uri"])
+    lines = ([row["uri"], row["size_bytes"], row["reason"]] for row in ordered)
+    return csv_text(schemas.UNREADABLE_COLUMNS, lines).encode("utf-8", "surrogateescape")
+
+
 def csv_line(values: Sequence[Any]) -> str:
     """One CSV record without its line end (for Beam's text sink, which adds it)."""
     return csv_text(None, [values])[:-1]

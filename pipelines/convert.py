@@ -17,6 +17,7 @@ from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
 from pipelines.report import print_summary
+from pipelines.sharding import table_sharding
 from transforms.convert import ConvertToVolumes
 from transforms.tables import WriteSummaryTables
 
@@ -77,7 +78,7 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     tables = pipeline | "Convert" >> ConvertToVolumes(
         input_uri=shared.input, settings=settings, manifest_column=shared.manifest_column,
         deid=deid_settings("convert", opts), label_column=settings.previews.label_column)
-    return tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
+    return tables | "WriteSummary" >> WriteSummaryTables(shared.output, table_sharding(opts))
 
 
 def summarize(opts: ConvertOptions) -> None:

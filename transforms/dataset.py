@@ -14,6 +14,7 @@ from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
 from dicom_io import datasets, schemas, storage, tables
 from dicom_io.errors import DicomflowError
+from dicom_io.tables import TableSharding
 from transforms.tables import WriteShardedFiles
 from transforms.headers import LOG, NAMESPACE
 
@@ -208,9 +209,10 @@ class BuildVlmPairs(beam.PTransform):
 
     PAIR_SORT = ("series_key", "pair_id")
 
-    def __init__(self, *, output: str, report_table: str, spec: datasets.VlmSpec, num_shards: int = 1):
+    def __init__(self, *, output: str, report_table: str, spec: datasets.VlmSpec,
+                 sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._report_table, self._spec, self._num_shards = output, report_table, spec, num_shards
+        self._output, self._report_table, self._spec, self._sharding = output, report_table, spec, sharding
 
     def expand(self, pbegin):
         series = pbegin | "ReadSeries" >> ReadSummaryTable(self._output, schemas.SUMMARY_SERIES_PREFIX)
@@ -224,7 +226,7 @@ class BuildVlmPairs(beam.PTransform):
                    ("parquet", functools.partial(tables.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
                                                  sort_keys=self.PAIR_SORT)))
         pairs | "WritePairs" >> WriteShardedFiles(
-            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._num_shards)
+            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._sharding)
         splits = pairs | "SplitCounts" >> SplitCounts()
         converted = series | "Converted" >> beam.Filter(_is_converted) | "CountConverted" >> beam.combiners.Count.Globally()
         with_pairs = (pairs | "PairSeries" >> beam.Map(_series_key_of) | "DistinctSeries" >> beam.Distinct()

@@ -22,7 +22,7 @@ from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
-from dicom_io.tables import encode_parquet
+from dicom_io.tables import TableSharding, encode_parquet
 from transforms.headers import NAMESPACE
 from transforms.inputs import ListInputs
 from transforms.tables import WriteShardedFiles
@@ -329,30 +329,24 @@ class WriteManifestTable(WriteShardedFiles):
     """Rows (dicts matching `schema`) -> OUT/{name}-IIIII-of-NNNNN.parquet, deterministic shards
     sorted by `sort_keys` (the first one also picks the shard), like every dicomflow table."""
 
-    def __init__(self, output: str, name: str, schema: pa.Schema, num_shards: int = 1,
+    def __init__(self, output: str, name: str, schema: pa.Schema, sharding: TableSharding = TableSharding(),
                  sort_keys: tuple[str, ...] = ("uri",)):
         encoder = functools.partial(encode_parquet, schema=schema, sort_keys=sort_keys)
-        super().__init__(schemas.manifest_prefix(output, name), [("parquet", encoder)], sort_keys[0], num_shards)
-
-
-def unreadable_line(row: dict) -> str:
-    return manifest.csv_line([row["uri"], row["size_bytes"], row["reason"]])
+        super().__init__(schemas.manifest_prefix(output, name), [("parquet", encoder)], sort_keys[0], sharding)
 
 
 class WriteUnreadable(beam.PTransform):
     """Instances rows -> OUT/unreadable-*.csv (uri,size_bytes,reason) of the files that gave no record."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
         self._prefix = schemas.manifest_prefix(output, schemas.UNREADABLE_PREFIX)
-        self._num_shards = num_shards
+        self._sharding = sharding
 
     def expand(self, rows):
         return (rows
                 | "Unreadable" >> beam.Filter(is_unreadable)
-                | "CsvLine" >> beam.Map(unreadable_line)
-                | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", num_shards=self._num_shards,
-                                                    header=",".join(schemas.UNREADABLE_COLUMNS)))
+                | "WriteCsv" >> WriteShardedFiles(self._prefix, (("csv", manifest.encode_unreadable),), "uri", self._sharding))
 
 
 class _WideWriter:
@@ -432,10 +426,10 @@ class ColumnUnionFn(beam.CombineFn):
 class WriteTagTables(beam.PTransform):
     """(uri, entries) -> OUT/tags-*.parquet (wide, union of columns) and OUT/tags_long-*.parquet."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
         self._output = output
-        self._num_shards = num_shards
+        self._sharding = sharding
 
     def expand(self, entries):
         wide = entries | "WideRow" >> beam.Map(wide_tag_row)
@@ -447,7 +441,7 @@ class WriteTagTables(beam.PTransform):
         long_files = (entries
                       | "LongRows" >> beam.FlatMap(long_tag_rows)
                       | "WriteLong" >> WriteManifestTable(self._output, schemas.TAGS_LONG_PREFIX,
-                                                          schemas.TAGS_LONG_SCHEMA, self._num_shards,
+                                                          schemas.TAGS_LONG_SCHEMA, self._sharding,
                                                           ("uri", "column")))
         return {"wide": wide_files, "long": long_files}
 
@@ -455,10 +449,11 @@ class WriteTagTables(beam.PTransform):
 class WriteManifest(beam.PTransform):
     """{"instances", "tags"} -> every manifest output under OUT (shards and tags when asked)."""
 
-    def __init__(self, output: str, *, table_shards: int = 1, num_shards: int | None = None, all_tags: bool = False):
+    def __init__(self, output: str, *, sharding: TableSharding = TableSharding(), num_shards: int | None = None,
+                 all_tags: bool = False):
         super().__init__()
         self._output = output
-        self._table_shards = table_shards
+        self._sharding = sharding
         self._num_shards = num_shards
         self._all_tags = all_tags
 
@@ -469,15 +464,15 @@ class WriteManifest(beam.PTransform):
                   | "SummarizeSeries" >> SummarizeSeries())
         written = {
             "instances": instances | "InstancesTable" >> WriteManifestTable(
-                self._output, schemas.MANIFEST_INSTANCES_PREFIX, schemas.MANIFEST_INSTANCES_SCHEMA, self._table_shards),
+                self._output, schemas.MANIFEST_INSTANCES_PREFIX, schemas.MANIFEST_INSTANCES_SCHEMA, self._sharding),
             "series": series | "SeriesTable" >> WriteManifestTable(
-                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._table_shards,
+                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._sharding,
                 ("series_key", "series_instance_uid")),
-            "unreadable": instances | "UnreadableCsv" >> WriteUnreadable(self._output, self._table_shards),
+            "unreadable": instances | "UnreadableCsv" >> WriteUnreadable(self._output, self._sharding),
         }
         if self._num_shards:
             written["shards"] = {"series": series, "instances": instances} | "WriteShards" >> WriteShards(
                 self._output, self._num_shards)
         if self._all_tags:
-            written[TAGS] = crawled[TAGS] | "TagTables" >> WriteTagTables(self._output, self._table_shards)
+            written[TAGS] = crawled[TAGS] | "TagTables" >> WriteTagTables(self._output, self._sharding)
         return written

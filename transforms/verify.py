@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
 from dicom_io import report_html, schemas, storage, verify
-from dicom_io.tables import encode_parquet
+from dicom_io.tables import TableSharding, encode_parquet
 from dicom_io.verify import VerifySettings
 from transforms.dataset import ReadSummaryTable
 from transforms.tables import WriteShardedFiles
@@ -154,9 +154,9 @@ class VerifyOutput(beam.PTransform):
 class WriteVerifyTables(beam.PTransform):
     """{"verify": rows, "files": rows} -> OUT/verify/verify-*.parquet and OUT/verify/files-*.parquet."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._num_shards = output, num_shards
+        self._output, self._sharding = output, sharding
 
     def expand(self, tables):
         verify_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_SCHEMA,
@@ -164,10 +164,10 @@ class WriteVerifyTables(beam.PTransform):
         files_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_FILES_SCHEMA,
                                                       sort_keys=FILES_SORT)),)
         written_verify = tables["verify"] | "VerifyTable" >> WriteShardedFiles(
-            schemas.verify_prefix(self._output, schemas.VERIFY_PREFIX), verify_format, "series_key", self._num_shards)
+            schemas.verify_prefix(self._output, schemas.VERIFY_PREFIX), verify_format, "series_key", self._sharding)
         written_files = tables["files"] | "FilesTable" >> WriteShardedFiles(
             schemas.verify_prefix(self._output, schemas.VERIFY_FILES_PREFIX), files_format, "source_uri",
-            self._num_shards)
+            self._sharding)
         return {"verify": written_verify, "files": written_files}
 
 
