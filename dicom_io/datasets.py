@@ -333,10 +333,32 @@ def encode_json(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
 
-def summary(fmt: str, counts: dict[str, Any], unmatched: list[dict[str, Any]]) -> dict[str, Any]:
+def unmatched_reason(row: dict[str, Any]) -> tuple[str, str]:
+    """(table, reason) of an unmatched row: what summary.json counts."""
+    return row["table"], row["reason"]
+
+
+def summary(fmt: str, counts: dict[str, Any], unmatched_by_reason: dict[tuple[str, str], int]) -> dict[str, Any]:
     """summary.json: the job's counts plus unmatched rows by table and reason (never dropped in silence)."""
     by_reason: dict[str, dict[str, int]] = {}
-    for row in unmatched:
-        table = by_reason.setdefault(row["table"], {})
-        table[row["reason"]] = table.get(row["reason"], 0) + 1
-    return {"format": fmt, **counts, "unmatched": len(unmatched), "unmatched_by_reason": by_reason}
+    for (table, reason), n in sorted(unmatched_by_reason.items()):
+        by_reason.setdefault(table, {})[reason] = n
+    return {"format": fmt, **counts, "unmatched": sum(unmatched_by_reason.values()), "unmatched_by_reason": by_reason}
+
+
+def encode_unmatched(rows: list[dict[str, Any]]) -> bytes:
+    """One unmatched CSV shard: sorted by table, row, reason."""
+    ordered = sorted(rows, key=lambda r: tuple(str(r.get(k) or "") for k in ("table", "row", "reason", "record")))
+    return encode_csv(ordered, schemas.UNMATCHED_COLUMNS)
+
+
+def encode_entries(entries: list[dict[str, Any]]) -> bytes:
+    """One dataset JSON shard: the study entries sorted by study_id, as a JSON array."""
+    return encode_json(sorted(entries, key=lambda e: e["study_id"]))
+
+
+def encode_train_rows(entries: list[dict[str, Any]]) -> bytes:
+    """One train CSV shard: the flat rows of the entries (study_id order), image paths then every label."""
+    entries = sorted(entries, key=lambda e: e["study_id"])
+    labels = list(entries[0]["labels"]) if entries else []
+    return encode_csv([r for e in entries for r in train_rows(e)], TRAIN_COLUMNS + tuple(labels))

@@ -7,8 +7,8 @@
         --series_descriptions train_series_descriptions.csv [--study_id_source ...] [--series_id_source ...]
     both: [--split 0.8,0.1,0.1] [--split_salt S] [any Beam option]
 
-Writes OUT/datasets/vlm/pairs-*.{jsonl,parquet} or OUT/datasets/labels/{dataset.json,train_dataset.csv},
-and in both OUT/datasets/<format>/unmatched.csv (every user row that did not join, with the reason) and
+Writes OUT/datasets/vlm/pairs-*.{jsonl,parquet} or OUT/datasets/labels/{dataset-*.json,train_dataset-*.csv},
+and in both OUT/datasets/<format>/unmatched-*.csv (every user row that did not join, with the reason) and
 summary.json (counts). The split is a salted hash of (0010,0020) PatientID, so a patient is in one split.
 """
 

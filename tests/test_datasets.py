@@ -187,6 +187,6 @@ def test_unmatched_csv_and_summary():
                  datasets.unmatched_row("labels", {ROW: 1, "study_id": "y"}, "y", datasets.NO_DESCRIBED_SERIES)]
     text = datasets.encode_csv(unmatched, schemas.UNMATCHED_COLUMNS).decode()
     assert list(csv.DictReader(io.StringIO(text)))[0]["reason"] == datasets.NO_SERIES
-    summary = datasets.summary("vlm", {"pairs": 3}, unmatched)
+    summary = datasets.summary("vlm", {"pairs": 3}, Counter(map(datasets.unmatched_reason, unmatched)))
     assert summary["unmatched"] == 2 and summary["pairs"] == 3
     assert summary["unmatched_by_reason"] == {"report": {datasets.NO_SERIES: 1}, "labels": {datasets.NO_DESCRIBED_SERIES: 1}}
