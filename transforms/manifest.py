@@ -264,9 +264,13 @@ def series_bytes(row: dict) -> tuple[str, int]:
     return row["series_key"], row["n_bytes"]
 
 
-def shard_of_file(row: dict, assignment: dict[str, int]) -> tuple[int, tuple]:
+def bytes_of(item: tuple[str, int]) -> int:
+    return item[1]
+
+
+def shard_of_file(row: dict, assignment: manifest.ShardAssignment) -> tuple[int, tuple]:
     line = manifest.shard_row(row)
-    return assignment[line[2]], line
+    return assignment.shard_of(line[2]), line
 
 
 def remove_stale_shards(written: list[str], output: str) -> list[str]:
@@ -298,7 +302,8 @@ class WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """{"series": series rows, "instances": rows} -> num_shards CSVs of readable files, series whole, bytes balanced."""
+    """{"series": series rows, "instances": rows} -> num_shards CSVs of readable files, series whole, bytes balanced
+    (the HEAVY_SERIES largest series placed largest first, the rest by hash into the room left: bounded memory)."""
 
     def __init__(self, output: str, num_shards: int):
         super().__init__()
@@ -306,10 +311,11 @@ class WriteShards(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, tables):
-        assignment = (tables["series"]
-                      | "SeriesBytes" >> beam.Map(series_bytes)
-                      | "AllSeries" >> beam.combiners.ToList()
-                      | "AssignShards" >> beam.Map(manifest.assign_shards, self._num_shards))
+        sized = tables["series"] | "SeriesBytes" >> beam.Map(series_bytes)
+        total = sized | "BytesOnly" >> beam.Map(bytes_of) | "TotalBytes" >> beam.CombineGlobally(sum)
+        assignment = (sized
+                      | "HeaviestSeries" >> beam.combiners.Top.Smallest(manifest.HEAVY_SERIES, key=manifest.heavy_order)
+                      | "AssignShards" >> beam.Map(manifest.plan_assignment, AsSingleton(total), self._num_shards))
         files = (tables["instances"]
                  | "Readable" >> beam.Filter(is_readable)
                  | "ShardOfFile" >> beam.Map(shard_of_file, assignment=AsSingleton(assignment)))
