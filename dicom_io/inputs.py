@@ -41,6 +41,24 @@ def resolve_input(input_uri: str) -> InputSpec:
     return InputSpec("files", input_uri.rstrip("/") + "/**")
 
 
+def escape_glob(path: str) -> str:
+    """`path` with glob characters matched literally (a folder named `a[1]`)."""
+    return "".join(f"[{c}]" if c in GLOB_CHARS else c for c in path)
+
+
+def split_pattern(pattern: str) -> list[str]:
+    """A folder's `root/**` as patterns that together match the same files exactly once, one per direct
+    sub-folder (`sub/**`) plus `root/*` for the files at its top, so they can be listed in parallel.
+    Any other pattern (a glob, one file) and a folder that does not exist stay as they are."""
+    if not pattern.endswith("/**") or GLOB_CHARS & set(pattern[:-3]):
+        return [pattern]
+    root = pattern[:-3]
+    folders = storage.subfolders(root)
+    if not folders and not storage.exists(root):
+        return [pattern]
+    return [escape_glob(root) + "/*"] + [escape_glob(folder) + "/**" for folder in folders]
+
+
 def expand_manifests(pattern: str) -> list[str]:
     """Manifest URIs matching `pattern` (a plain URI matches itself), sorted."""
     if not GLOB_CHARS & set(pattern):

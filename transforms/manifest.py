@@ -11,7 +11,6 @@ import functools
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
@@ -24,7 +23,7 @@ from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
 from dicom_io.tables import TableSharding, encode_parquet
 from transforms.headers import NAMESPACE
-from transforms.inputs import ListInputs
+from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
 
 TAGS = "tags"
@@ -68,7 +67,7 @@ class ListFiles(beam.PTransform):
                     | "ListManifestUris" >> ListInputs(self._input_uri, self._manifest_column)
                     | "Stat" >> beam.ParDo(StatFn()))
         return (pbegin
-                | "MatchFiles" >> fileio.MatchFiles(spec.pattern)
+                | "MatchFiles" >> MatchSpread(spec.pattern)
                 | "PathSizeMtime" >> beam.Map(listing_of)
                 | "Spread" >> beam.Reshuffle())
 
