@@ -72,7 +72,7 @@ template-run:
 	    --temp-location gs://$(BUCKET)/tmp --staging-location gs://$(BUCKET)/staging \
 	    --worker-machine-type n2-highmem-4 --max-workers $(MAX_WORKERS) \
 	    --additional-experiments use_runner_v2 \
-	    --parameters input=$(INPUT) --parameters output=$(OUTPUT) --parameters table_shards=16 \
+	    --parameters input=$(INPUT) --parameters output=$(OUTPUT) \
 	    --parameters sdk_container_image=$(IMAGE) \
 	    --parameters number_of_worker_harness_threads=8 --parameters disk_size_gb=30
 
