@@ -91,15 +91,16 @@ def test_manifest_tables_are_cut_at_rows_per_shard_and_union_to_the_one_shard_ru
             assert keys == sorted(keys)
 
 
-def test_the_same_input_gives_the_same_shard_bytes_and_stale_shards_go(scale_corpus, tmp_path):
+def test_the_same_input_gives_the_same_shard_bytes_and_stale_shards_go(tmp_path):
+    corpus = synthetic.make_scale_corpus(tmp_path / "in", 600, slices_per_series=3)
     out = str(tmp_path / "out")
-    args = ["--input", scale_corpus.root, "--output", out, *RUNNER_ARGS]
+    args = ["--input", corpus.root, "--output", out, *RUNNER_ARGS]
     manifest_job.run([*args, "--table_shards", "3"])
     assert len(_shards(out, schemas.MANIFEST_INSTANCES_PREFIX)) == 3
-    manifest_job.run([*args, "--rows_per_shard", "1500"])
+    manifest_job.run([*args, "--rows_per_shard", "150"])
     first = {f: open(f, "rb").read() for f in _shards(out, schemas.MANIFEST_INSTANCES_PREFIX)}
     assert len(first) >= 4 and all(f.endswith(f"-of-{len(first):05d}.parquet") for f in first)  # 3-shard files gone
-    manifest_job.run([*args, "--rows_per_shard", "1500", "--direct_running_mode", "multi_processing",
+    manifest_job.run([*args, "--rows_per_shard", "150", "--direct_running_mode", "multi_processing",
                       "--direct_num_workers", "2"])
     again = {f: open(f, "rb").read() for f in _shards(out, schemas.MANIFEST_INSTANCES_PREFIX)}
     assert again == first
