@@ -14,7 +14,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,17 +45,36 @@ class TableError(ValueError):
 
 # ---- user tables ----------------------------------------------------------------------------------
 
-def read_rows(uri: str) -> list[dict[str, Any]]:
-    """Rows of a CSV (UTF-8, header line) or Parquet table, each with its 0-based index under `_row`."""
+STREAM_BATCH_ROWS = 65_536  # Parquet rows decoded at a time while a user table is streamed
+
+
+def iter_rows(uri: str) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV (UTF-8, header line) or Parquet table, each with its 0-based index under `_row`,
+    streamed: a report table of 10 million rows never sits whole in one worker's memory."""
     try:
-        if uri.lower().endswith(".parquet"):
-            with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
-                rows = pq.read_table(fp).to_pylist()
-        else:
-            rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig"))))
+        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+            if uri.lower().endswith(".parquet"):
+                batches = (b.to_pylist() for b in pq.ParquetFile(fp).iter_batches(STREAM_BATCH_ROWS))
+                rows: Iterable[dict[str, Any]] = (row for batch in batches for row in batch)
+            else:
+                rows = csv.DictReader(io.TextIOWrapper(fp, encoding="utf-8-sig", newline=""))
+            for i, row in enumerate(rows):
+                yield {**row, ROW: i}
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
-    return [{**row, ROW: i} for i, row in enumerate(rows)]
+
+
+def read_rows(uri: str) -> list[dict[str, Any]]:
+    """Every row of a CSV or Parquet table at once (small tables, tests); see iter_rows."""
+    return list(iter_rows(uri))
+
+
+def iter_checked_rows(uri: str, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """iter_rows, refusing the table at its first row when it lacks one of `columns`."""
+    for row in iter_rows(uri):
+        if row[ROW] == 0:
+            require_columns([row], columns, uri)
+        yield row
 
 
 def require_columns(rows: list[dict[str, Any]], columns: Iterable[str], uri: str) -> None:

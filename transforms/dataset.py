@@ -37,14 +37,8 @@ class ReadSummaryTable(beam.PTransform):
 
 # ---- user tables and images ------------------------------------------------------------------------
 
-def _read_checked(uri: str, columns: Sequence[str]) -> list[dict[str, Any]]:
-    rows = datasets.read_rows(uri)
-    datasets.require_columns(rows, columns, uri)
-    return rows
-
-
 class ReadUserTable(beam.PTransform):
-    """PBegin -> rows of a CSV/Parquet table (read on a worker, `_row` = its 0-based row), spread out."""
+    """PBegin -> rows of a CSV/Parquet table (streamed by one worker, `_row` = its 0-based row), spread out."""
 
     def __init__(self, uri: str, columns: Sequence[str] = ()):
         super().__init__()
@@ -54,7 +48,7 @@ class ReadUserTable(beam.PTransform):
         return (
             pbegin
             | "TableUri" >> beam.Create([self._uri])
-            | "ReadRows" >> beam.FlatMap(_read_checked, columns=self._columns)
+            | "ReadRows" >> beam.FlatMap(datasets.iter_checked_rows, columns=self._columns)
             | "Spread" >> beam.Reshuffle()
         )
 
