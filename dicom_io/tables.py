@@ -111,6 +111,19 @@ def encode_parquet(rows: Iterable[dict[str, Any]], schema: pa.Schema, sort_keys:
     return buffer.getvalue()
 
 
+WIDE_ROW_WEIGHT = 20  # a wide tags row holds every element of a file: its shards hold 20x fewer rows
+
+
+def encode_wide_tags(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
+    """A wide tags shard: every column of the union (`columns`), so all shards share one schema."""
+    return encode_parquet(rows, schemas.tags_schema(columns), ("uri",))
+
+
+def wide_sharding(sharding: TableSharding) -> TableSharding:
+    """The sharding of the wide tags table: the same forced count, or WIDE_ROW_WEIGHT times fewer rows."""
+    return TableSharding(sharding.num_shards, max(1, sharding.rows_per_shard // WIDE_ROW_WEIGHT))
+
+
 def encode_jsonl(rows: Iterable[dict[str, Any]], sort_keys: Sequence[str]) -> bytes:
     """JSON Lines of `rows` sorted by `sort_keys`, keys sorted within each object."""
     lines = (json.dumps(r, sort_keys=True, ensure_ascii=False) for r in sort_rows(rows, sort_keys))

@@ -10,9 +10,6 @@ import functools
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filebasedsink import FileBasedSink
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
@@ -21,7 +18,7 @@ from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
-from dicom_io.tables import TableSharding, encode_parquet
+from dicom_io.tables import TableSharding, encode_parquet, encode_wide_tags, wide_sharding
 from transforms.headers import NAMESPACE
 from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
@@ -354,49 +351,6 @@ class WriteUnreadable(beam.PTransform):
                 | "WriteCsv" >> WriteShardedFiles(self._prefix, (("csv", manifest.encode_unreadable),), "uri", self._sharding))
 
 
-class _WideWriter:
-    """One open wide-table file: its handle, the ParquetWriter once the columns are known, buffered rows."""
-
-    def __init__(self, handle):
-        self.handle, self.schema, self.writer, self.rows = handle, None, None, []
-
-
-class WideTagsSink(FileBasedSink):
-    """Parquet shards whose columns come with the records, (columns, row): one schema in every shard.
-
-    Used per bundle (no shuffle after AlignToColumns), so the shared columns tuple is never re-encoded.
-    """
-
-    BATCH_ROWS = 256
-
-    def __init__(self, file_path_prefix: str):
-        super().__init__(file_path_prefix, coder=None, file_name_suffix=".parquet", num_shards=0,
-                         mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
-
-    def open(self, temp_path):
-        return _WideWriter(super().open(temp_path))
-
-    def write_record(self, state: _WideWriter, record):
-        columns, row = record
-        if state.schema is None:
-            state.schema = schemas.tags_schema(columns)
-        state.rows.append(row)
-        if len(state.rows) >= self.BATCH_ROWS:
-            self._flush(state)
-
-    def _flush(self, state: _WideWriter) -> None:
-        if state.writer is None:
-            state.writer = pq.ParquetWriter(state.handle, state.schema)
-        state.writer.write_table(pa.Table.from_pylist(state.rows, schema=state.schema))
-        state.rows.clear()
-
-    def close(self, state: _WideWriter):
-        state.schema = state.schema or schemas.tags_schema(())  # an empty shard still reads back
-        self._flush(state)
-        state.writer.close()
-        state.handle.close()
-
-
 def wide_tag_row(element: tuple[str, list[tags.TagEntry]]) -> dict[str, str]:
     uri, entries = element
     return {tags.URI_COLUMN: uri, **tags.wide_row(entries)}
@@ -404,10 +358,6 @@ def wide_tag_row(element: tuple[str, list[tags.TagEntry]]) -> dict[str, str]:
 
 def long_tag_rows(element: tuple[str, list[tags.TagEntry]]) -> list[dict]:
     return tags.long_rows(*element)
-
-
-def align_to_columns(row: dict[str, str], columns: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
-    return columns, row
 
 
 class ColumnUnionFn(beam.CombineFn):
@@ -439,10 +389,9 @@ class WriteTagTables(beam.PTransform):
     def expand(self, entries):
         wide = entries | "WideRow" >> beam.Map(wide_tag_row)
         columns = wide | "ColumnUnion" >> beam.CombineGlobally(ColumnUnionFn())
-        wide_files = (wide
-                      | "AlignToColumns" >> beam.Map(align_to_columns, columns=AsSingleton(columns))
-                      | "WriteWide" >> beam.io.Write(
-                          WideTagsSink(schemas.manifest_prefix(self._output, schemas.TAGS_PREFIX))))
+        wide_files = wide | "WriteWide" >> WriteShardedFiles(
+            schemas.manifest_prefix(self._output, schemas.TAGS_PREFIX), (("parquet", encode_wide_tags),), "uri",
+            wide_sharding(self._sharding), context=columns)
         long_files = (entries
                       | "LongRows" >> beam.FlatMap(long_tag_rows)
                       | "WriteLong" >> WriteManifestTable(self._output, schemas.TAGS_LONG_PREFIX,

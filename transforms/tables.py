@@ -78,7 +78,10 @@ def every_shard(plan: ShardPlan) -> list[tuple[tuple[int, int], None]]:
 
 
 class WriteShardFilesFn(beam.DoFn):
-    """((shard index, count), {"rows": [...], "index": [...]}) -> URIs written, one file per format."""
+    """((shard index, count), {"rows": [...], "index": [...]}) -> URIs written, one file per format.
+
+    With a `context` (a bounded singleton side input, e.g. the wide table's columns) each format
+    encodes as encode(rows, context)."""
 
     def __init__(self, prefix: str, formats: Sequence[tuple[str, Callable]]):
         super().__init__()
@@ -87,11 +90,12 @@ class WriteShardFilesFn(beam.DoFn):
     def setup(self):
         self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
 
-    def process(self, element):
+    def process(self, element, context=None):
         (index, num_shards), grouped = element
         rows = list(grouped["rows"])
         for ext, encode in self._formats:
-            self.bytes_written.inc(write_shard_file(self._prefix, ext, index, num_shards, encode(rows)))
+            data = encode(rows) if context is None else encode(rows, context)
+            self.bytes_written.inc(write_shard_file(self._prefix, ext, index, num_shards, data))
             yield shard_file_uri(self._prefix, index, num_shards, ext)
 
 
@@ -99,19 +103,20 @@ class WriteShardedFiles(beam.PTransform):
     """rows -> {prefix}-IIIII-of-NNNNN.{ext} per (ext, encode(rows) -> bytes); every shard written, even empty."""
 
     def __init__(self, prefix: str, formats: Sequence[tuple[str, Callable]], key_field: str,
-                 sharding: TableSharding = TableSharding()):
+                 sharding: TableSharding = TableSharding(), context: beam.PCollection | None = None):
         super().__init__()
         self._prefix, self._formats, self._key_field = prefix, tuple(formats), key_field
-        self._sharding = sharding
+        self._sharding, self._context = sharding, context
 
     def expand(self, rows):
         plan = rows | "PlanShards" >> PlanShards(self._key_field, self._sharding)
         keyed = rows | "KeyByShard" >> beam.ParDo(KeyByShardFn(self._key_field), plan=AsSingleton(plan))
         indexes = plan | "ShardIndexes" >> beam.FlatMap(every_shard)
+        context = {} if self._context is None else {"context": AsSingleton(self._context)}
         return (
             {"rows": keyed, "index": indexes}
             | "GroupByShard" >> beam.CoGroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFilesFn(self._prefix, self._formats))
+            | "WriteShard" >> beam.ParDo(WriteShardFilesFn(self._prefix, self._formats), **context)
         )
 
 
