@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dicom_io.inputs import ManifestError, expand_manifests, read_manifest, resolve_input, split_pattern
+from dicom_io.inputs import (ManifestError, expand_manifests, first_listed, iter_manifest_entries, manifest_pieces,
+                             read_manifest, read_manifest_entries, resolve_input, split_pattern)
 
 
 def test_input_kinds(tmp_path):
@@ -76,5 +77,22 @@ def test_list_inputs_spreads_folders_and_manifests_and_lists_each_file_once(tmp_
         manifests = p | "Manifests" >> ListInputs(str(tmp_path / "m-*.csv"), label_column="label")
         root = len(str(tmp_path / "tree")) + 1  # each file holds as many bytes as its relative name has chars
         assert_that(listed, equal_to([(f, len(f) - root, None) for f in files]), label="EachFileOnce")
-        assert_that(manifests, equal_to([("/x/a.dcm", None, "1"), ("/x/b.dcm", None, "1"),
+        assert_that(manifests, equal_to([("/x/a.dcm", None, "2"), ("/x/b.dcm", None, "1"),  # a: its first listing
                                          ("/x/c.dcm", None, "3")]), label="EachUriOnce")
+
+
+def test_a_parquet_manifest_is_read_by_row_group_and_first_listings_win(tmp_path):
+    path = tmp_path / "instances.parquet"
+    uris = [f"/d/{i % 250}.dcm" for i in range(1000)]  # every URI four times
+    pq.write_table(pa.table({"uri": uris, "n": [str(i) for i in range(1000)]}), path, row_group_size=100)
+    pieces = manifest_pieces(str(path))
+    assert [p.row_group for p in pieces] == list(range(10))
+    listings: dict[str, list] = {}
+    for piece in reversed(pieces):  # in any order, as workers finish
+        for uri, entry in iter_manifest_entries(piece, "uri", "n"):
+            listings.setdefault(uri, []).append(entry)
+    assert len(listings) == 250 and all(len(v) == 4 for v in listings.values())
+    assert {u: first_listed(v) for u, v in listings.items()} == {f"/d/{i}.dcm": str(i) for i in range(250)}
+    assert read_manifest_entries(str(path), "uri", "n") == [(f"/d/{i}.dcm", str(i)) for i in range(250)]
+    with pytest.raises(ManifestError, match="no column 'path'"):
+        list(iter_manifest_entries(pieces[0], "path"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from dicom_io.inputs import expand_manifests, read_manifest_entries, resolve_input, split_pattern
+from dicom_io.inputs import first_listed, iter_manifest_entries, manifest_pieces, resolve_input, split_pattern
 
 
 def _from_metadata(metadata) -> tuple[str, int | None, None]:
@@ -17,14 +17,10 @@ def _without_size(entry: tuple[str, str | None]) -> tuple[str, None, str | None]
     return entry[0], None, entry[1]
 
 
-def _label_order(label: str | None) -> tuple[bool, str]:
-    return label is None, label or ""
-
-
-def _first_entry(element: tuple[str, list[str | None]]) -> tuple[str, str | None]:
-    """(uri, labels from every manifest listing it) -> (uri, the smallest label): each file once."""
-    uri, labels = element
-    return uri, min(labels, key=_label_order)
+def _first_entry(element: tuple[str, list]) -> tuple[str, str | None]:
+    """(uri, its listings in every manifest piece) -> (uri, the label of its first listing): each file once."""
+    uri, listings = element
+    return uri, first_listed(listings)
 
 
 class MatchSpread(beam.PTransform):
@@ -44,8 +40,8 @@ class MatchSpread(beam.PTransform):
 
 
 class ReadManifests(beam.PTransform):
-    """PBegin -> (uri, label) once per URI of the manifests matching `pattern`, each manifest read by its own
-    worker; a URI in two manifests keeps the smallest label."""
+    """PBegin -> (uri, label) once per URI of the manifests matching `pattern`: each CSV manifest and each
+    row group of a Parquet one read (streamed) by its own worker; a URI listed twice keeps its first label."""
 
     def __init__(self, pattern: str, column: str, label_column: str | None):
         super().__init__()
@@ -54,10 +50,10 @@ class ReadManifests(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "ManifestPattern" >> beam.Create([self._pattern])
-                | "ExpandManifests" >> beam.FlatMap(expand_manifests)
-                | "SpreadManifests" >> beam.Reshuffle()
-                | "ReadManifest" >> beam.FlatMap(read_manifest_entries, column=self._column,
-                                                 label_column=self._label_column)
+                | "ManifestPieces" >> beam.FlatMap(manifest_pieces)
+                | "SpreadPieces" >> beam.Reshuffle()
+                | "ReadPiece" >> beam.FlatMap(iter_manifest_entries, column=self._column,
+                                              label_column=self._label_column)
                 | "GroupByUri" >> beam.GroupByKey()
                 | "OncePerUri" >> beam.Map(_first_entry))
 
