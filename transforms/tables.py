@@ -22,18 +22,18 @@ from dicom_io.tables import (SORT_KEYS, ShardPlan, TableSharding, bucket_of_key,
 from transforms.headers import NAMESPACE
 
 
-class BucketCountsFn(beam.CombineFn):
-    """Rows -> {bucket: rows} over BUCKETS fine hash buckets of `key_field` (bounded by BUCKETS)."""
+def bucket_of_row(row: dict, key_field: str) -> int:
+    return bucket_of_key(row.get(key_field))
 
-    def __init__(self, key_field: str):
-        super().__init__()
-        self._key_field = key_field
+
+class BucketCountsFn(beam.CombineFn):
+    """(bucket, rows) pairs -> {bucket: rows}: at most BUCKETS entries, whatever the table's size."""
 
     def create_accumulator(self):
         return collections.Counter()
 
-    def add_input(self, counts, row):
-        counts[bucket_of_key(row.get(self._key_field))] += 1
+    def add_input(self, counts, pair):
+        counts[pair[0]] += pair[1]
         return counts
 
     def merge_accumulators(self, accumulators):
@@ -47,7 +47,8 @@ class BucketCountsFn(beam.CombineFn):
 
 
 class PlanShards(beam.PTransform):
-    """Rows -> one ShardPlan (a singleton): forced by `sharding.num_shards`, else planned from bucket counts."""
+    """Rows -> one ShardPlan (a singleton): forced by `sharding.num_shards`, else planned from the rows per
+    bucket, counted per bucket key first (spread over workers), then gathered (at most BUCKETS pairs)."""
 
     def __init__(self, key_field: str, sharding: TableSharding):
         super().__init__()
@@ -57,7 +58,9 @@ class PlanShards(beam.PTransform):
         if self._sharding.num_shards:
             return rows.pipeline | "ForcedShards" >> beam.Create([forced_plan(self._sharding.num_shards)])
         return (rows
-                | "CountPerBucket" >> beam.CombineGlobally(BucketCountsFn(self._key_field))
+                | "BucketOf" >> beam.Map(bucket_of_row, self._key_field)
+                | "CountPerBucket" >> beam.combiners.Count.PerElement()
+                | "AllBuckets" >> beam.CombineGlobally(BucketCountsFn())
                 | "Plan" >> beam.Map(plan_shards, self._sharding.rows_per_shard))
 
 
