@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-scale clean
 
 $(VENV)/.runtime: requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ test: $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) -m benchmarks.convert_bench --workdir bench-data
 
+# make bench-scale [SIZES=10000,40000,160000] [WORKERS=2]: tiny files, many series, manifest + convert
+SIZES   ?= 10000,40000,160000
+WORKERS ?= 2
+bench-scale: $(VENV)/.test
+	$(PY) -m benchmarks.scale_bench --workdir bench-scale-data --sizes $(SIZES) --workers $(WORKERS)
+
 clean:
-	rm -rf demo-in demo-out bench-data .pytest_cache
+	rm -rf demo-in demo-out bench-data bench-scale-data .pytest_cache
 
 # ---- Flex Template and Composer DAG (templates/; see templates/README.md) -----------------------
 # make template-build / template-run PROJECT=... REGION=... BUCKET=... REPO=... TAG=...
@@ -66,7 +72,7 @@ template-run:
 	    --temp-location gs://$(BUCKET)/tmp --staging-location gs://$(BUCKET)/staging \
 	    --worker-machine-type n2-highmem-4 --max-workers $(MAX_WORKERS) \
 	    --additional-experiments use_runner_v2 \
-	    --parameters input=$(INPUT) --parameters output=$(OUTPUT) --parameters table_shards=16 \
+	    --parameters input=$(INPUT) --parameters output=$(OUTPUT) \
 	    --parameters sdk_container_image=$(IMAGE) \
 	    --parameters number_of_worker_harness_threads=8 --parameters disk_size_gb=30
 

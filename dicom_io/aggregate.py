@@ -12,11 +12,10 @@ import os
 import re
 from typing import Any, Iterable
 
-import pyarrow.parquet as pq
 
 from dicom_io import schemas, storage
 from dicom_io.convert import STATUS_RANK
-from dicom_io.tables import SCHEMAS
+from dicom_io.tables import SCHEMAS, read_parquet
 
 KEY_FIELDS = {schemas.SUMMARY_SERIES_PREFIX: "series_key", schemas.SUMMARY_INSTANCES_PREFIX: "source_uri"}
 SHARD_INPUT = re.compile(r"^(series_shard_\d+)\.csv$")
@@ -47,7 +46,7 @@ def part_files(output: str, name: str) -> list[str]:
 
 def read_part(uri: str, name: str) -> list[dict[str, Any]]:
     """Rows of one part file, each tagged with its part (`_part`, dropped before writing)."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=SCHEMAS[name])
+    table = read_parquet(uri, SCHEMAS[name])
     part = part_of(uri)
     return [{**row, "_part": part} for row in table.to_pylist()]
 

@@ -14,9 +14,10 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dicom_io import schemas, storage, tables
 
@@ -44,16 +45,36 @@ class TableError(ValueError):
 
 # ---- user tables ----------------------------------------------------------------------------------
 
-def read_rows(uri: str) -> list[dict[str, Any]]:
-    """Rows of a CSV (UTF-8, header line) or Parquet table, each with its 0-based index under `_row`."""
+STREAM_BATCH_ROWS = 65_536  # Parquet rows decoded at a time while a user table is streamed
+
+
+def iter_rows(uri: str) -> Iterator[dict[str, Any]]:
+    """Rows of a CSV (UTF-8, header line) or Parquet table, each with its 0-based index under `_row`,
+    streamed: a report table of 10 million rows never sits whole in one worker's memory."""
     try:
-        if uri.lower().endswith(".parquet"):
-            rows = tables.read_parquet(uri).to_pylist()
-        else:
-            rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig"))))
+        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+            if uri.lower().endswith(".parquet"):
+                batches = (b.to_pylist() for b in pq.ParquetFile(fp).iter_batches(STREAM_BATCH_ROWS))
+                rows: Iterable[dict[str, Any]] = (row for batch in batches for row in batch)
+            else:
+                rows = csv.DictReader(io.TextIOWrapper(fp, encoding="utf-8-sig", newline=""))
+            for i, row in enumerate(rows):
+                yield {**row, ROW: i}
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise TableError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
-    return [{**row, ROW: i} for i, row in enumerate(rows)]
+
+
+def read_rows(uri: str) -> list[dict[str, Any]]:
+    """Every row of a CSV or Parquet table at once (small tables, tests); see iter_rows."""
+    return list(iter_rows(uri))
+
+
+def iter_checked_rows(uri: str, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """iter_rows, refusing the table at its first row when it lacks one of `columns`."""
+    for row in iter_rows(uri):
+        if row[ROW] == 0:
+            require_columns([row], columns, uri)
+        yield row
 
 
 def require_columns(rows: list[dict[str, Any]], columns: Iterable[str], uri: str) -> None:
@@ -331,10 +352,32 @@ def encode_json(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
 
-def summary(fmt: str, counts: dict[str, Any], unmatched: list[dict[str, Any]]) -> dict[str, Any]:
+def unmatched_reason(row: dict[str, Any]) -> tuple[str, str]:
+    """(table, reason) of an unmatched row: what summary.json counts."""
+    return row["table"], row["reason"]
+
+
+def summary(fmt: str, counts: dict[str, Any], unmatched_by_reason: dict[tuple[str, str], int]) -> dict[str, Any]:
     """summary.json: the job's counts plus unmatched rows by table and reason (never dropped in silence)."""
     by_reason: dict[str, dict[str, int]] = {}
-    for row in unmatched:
-        table = by_reason.setdefault(row["table"], {})
-        table[row["reason"]] = table.get(row["reason"], 0) + 1
-    return {"format": fmt, **counts, "unmatched": len(unmatched), "unmatched_by_reason": by_reason}
+    for (table, reason), n in sorted(unmatched_by_reason.items()):
+        by_reason.setdefault(table, {})[reason] = n
+    return {"format": fmt, **counts, "unmatched": sum(unmatched_by_reason.values()), "unmatched_by_reason": by_reason}
+
+
+def encode_unmatched(rows: list[dict[str, Any]]) -> bytes:
+    """One unmatched CSV shard: sorted by table, row, reason."""
+    ordered = sorted(rows, key=lambda r: tuple(str(r.get(k) or "") for k in ("table", "row", "reason", "record")))
+    return encode_csv(ordered, schemas.UNMATCHED_COLUMNS)
+
+
+def encode_entries(entries: list[dict[str, Any]]) -> bytes:
+    """One dataset JSON shard: the study entries sorted by study_id, as a JSON array."""
+    return encode_json(sorted(entries, key=lambda e: e["study_id"]))
+
+
+def encode_train_rows(entries: list[dict[str, Any]]) -> bytes:
+    """One train CSV shard: the flat rows of the entries (study_id order), image paths then every label."""
+    entries = sorted(entries, key=lambda e: e["study_id"])
+    labels = list(entries[0]["labels"]) if entries else []
+    return encode_csv([r for e in entries for r in train_rows(e)], TRAIN_COLUMNS + tuple(labels))

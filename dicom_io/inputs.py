@@ -7,6 +7,7 @@ import io
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -41,6 +42,24 @@ def resolve_input(input_uri: str) -> InputSpec:
     return InputSpec("files", input_uri.rstrip("/") + "/**")
 
 
+def escape_glob(path: str) -> str:
+    """`path` with glob characters matched literally (a folder named `a[1]`)."""
+    return "".join(f"[{c}]" if c in GLOB_CHARS else c for c in path)
+
+
+def split_pattern(pattern: str) -> list[str]:
+    """A folder's `root/**` as patterns that together match the same files exactly once, one per direct
+    sub-folder (`sub/**`) plus `root/*` for the files at its top, so they can be listed in parallel.
+    Any other pattern (a glob, one file) and a folder that does not exist stay as they are."""
+    if not pattern.endswith("/**") or GLOB_CHARS & set(pattern[:-3]):
+        return [pattern]
+    root = pattern[:-3]
+    folders = storage.subfolders(root)
+    if not folders and not storage.exists(root):
+        return [pattern]
+    return [escape_glob(root) + "/*"] + [escape_glob(folder) + "/**" for folder in folders]
+
+
 def expand_manifests(pattern: str) -> list[str]:
     """Manifest URIs matching `pattern` (a plain URI matches itself), sorted."""
     if not GLOB_CHARS & set(pattern):
@@ -56,22 +75,75 @@ def _resolve(base: str, value: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(base), value))
 
 
-def _columns(uri: str, names: list[str]) -> list[list]:
-    """The named columns of a CSV or Parquet table, each as a list of values."""
-    if uri.lower().endswith(".parquet"):
-        from dicom_io.tables import read_parquet  # tables imports schemas, which imports this module's peers
-
-        table = read_parquet(uri)
-        found = table.column_names
-        pick = lambda name: table.column(name).to_pylist()  # noqa: E731
-    else:
-        reader = csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig")))
-        rows, found = list(reader), reader.fieldnames or []
-        pick = lambda name: [row[name] for row in rows]  # noqa: E731
+def _check_columns(uri: str, found: list[str], names: list[str]) -> None:
     for name in names:
         if name not in found:
             raise ManifestError(f"manifest {uri} has no column {name!r} (columns: {list(found)})")
-    return [pick(name) for name in names]
+
+
+@dataclass(frozen=True)
+class ManifestPiece:
+    """What one worker reads: a CSV manifest whole (streamed), or one row group of a Parquet manifest.
+    `order` is the manifest's place among those the pattern matched (first occurrence wins)."""
+
+    uri: str
+    order: int
+    row_group: int = 0
+
+
+def manifest_pieces(pattern: str) -> list[ManifestPiece]:
+    """The pieces of every manifest matching `pattern` (Parquet footers are read to count row groups)."""
+    pieces = []
+    for order, uri in enumerate(expand_manifests(pattern)):
+        groups = 1
+        if uri.lower().endswith(".parquet"):
+            with storage.open_read(uri, block_size=1024 * 1024) as fp:
+                groups = max(1, pq.ParquetFile(fp).metadata.num_row_groups)
+        pieces += [ManifestPiece(uri, order, group) for group in range(groups)]
+    return pieces
+
+
+def _piece_rows(piece: ManifestPiece, names: list[str]) -> Iterator[list]:
+    """The named columns of each row of a piece, as lists, streamed."""
+    uri = piece.uri
+    if uri.lower().endswith(".parquet"):
+        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+            parquet = pq.ParquetFile(fp)
+            _check_columns(uri, parquet.schema_arrow.names, names)
+            if parquet.metadata.num_row_groups == 0:
+                return
+            table = parquet.read_row_group(piece.row_group, columns=names)
+            yield from zip(*(table.column(name).to_pylist() for name in names))
+        return
+    with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+        reader = csv.DictReader(io.TextIOWrapper(fp, encoding="utf-8-sig", newline=""))
+        _check_columns(uri, reader.fieldnames or [], names)
+        for row in reader:
+            yield [row[name] for name in names]
+
+
+Position = tuple[int, int, int]  # (manifest order, row group, row): where an entry was listed first
+
+
+def iter_manifest_entries(piece: ManifestPiece, column: str = "uri", label_column: str | None = None
+                          ) -> Iterator[tuple[str, tuple[Position, str | None]]]:
+    """(URI, (position, label)) per non-empty `column` value of a piece: URIs resolved against the
+    manifest, labels from `label_column`; repeats are left to the caller (the first position wins)."""
+    names = [column] + ([label_column] if label_column else [])
+    for row_index, values in enumerate(_piece_rows(piece, names)):
+        value, label = values[0], values[1] if label_column else None
+        if value:
+            position = (piece.order, piece.row_group, row_index)
+            yield _resolve(piece.uri, str(value).strip()), (position, None if label is None else str(label))
+
+
+def first_listed(entries: Iterable[tuple[Position, str | None]]) -> str | None:
+    """The label of the first listing of a URI listed several times."""
+    return min(entries, key=_position)[1]
+
+
+def _position(entry: tuple[Position, str | None]) -> Position:
+    return entry[0]
 
 
 def manifest_columns(uri: str) -> list[str]:
@@ -100,15 +172,12 @@ def check_manifest(input_uri: str, *columns: str) -> None:
 
 def read_manifest_entries(uri: str, column: str = "uri", label_column: str | None = None
                           ) -> list[tuple[str, str | None]]:
-    """(URI, label) per file: URIs from `column` (relative ones resolved against the manifest,
-    repeats read once), labels from `label_column` (e.g. the PACS extract's instance_id)."""
-    columns = _columns(uri, [column] + ([label_column] if label_column else []))
-    labels = columns[1] if label_column else [None] * len(columns[0])
-    seen: dict[str, str | None] = {}
-    for value, label in zip(columns[0], labels):
-        if value:
-            seen.setdefault(_resolve(uri, str(value).strip()), None if label is None else str(label))
-    return list(seen.items())
+    """(URI, label) per file of one manifest, in table order, repeats read once (the first label kept)."""
+    found: dict[str, str | None] = {}
+    for piece in manifest_pieces(uri):
+        for entry_uri, (_, label) in iter_manifest_entries(piece, column, label_column):
+            found.setdefault(entry_uri, label)
+    return list(found.items())
 
 
 def read_manifest(uri: str, column: str = "uri") -> list[str]:

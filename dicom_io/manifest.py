@@ -8,11 +8,14 @@ across convert runs, balanced by bytes.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import heapq
+import itertools
 import io
 import os
 import posixpath
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
@@ -227,6 +230,50 @@ def assign_shards(series_bytes: Iterable[tuple[str, int]], num_shards: int) -> d
     return assignment
 
 
+HEAVY_SERIES = 100_000  # series placed one by one, largest first; lighter ones by a weighted hash
+
+
+def heavy_order(item: tuple[str, int]) -> tuple[int, str]:
+    """Largest first, then by key: the order assign_shards places series in (and which are 'heaviest')."""
+    return -item[1], item[0]
+
+
+@dataclass(frozen=True)
+class ShardAssignment:
+    """Series -> shard: the heaviest series placed by assign_shards, every other one by a hash of its key
+    into the shards' remaining room (`weights`: cumulative shares, the last 1.0), so each shard is filled
+    towards the same total without one worker holding every series."""
+
+    heavy: dict[str, int]
+    weights: tuple[float, ...]
+
+    def shard_of(self, key: str) -> int:
+        found = self.heavy.get(key)
+        if found is not None:
+            return found
+        point = zlib.crc32(key.encode("utf-8", "surrogatepass")) / 2 ** 32
+        return min(bisect.bisect_right(self.weights, point), len(self.weights) - 1)
+
+
+def plan_assignment(heaviest: Iterable[tuple[str, int]], total_bytes: int, num_shards: int) -> ShardAssignment:
+    """ShardAssignment from the heaviest series (at most HEAVY_SERIES of them) and the bytes of all series.
+
+    With every series among the heaviest this is exactly assign_shards (the heaviest shard exceeds the
+    lightest by at most the largest series); beyond, the lighter series fill each shard's room by hash.
+    """
+    heaviest = sorted(heaviest, key=heavy_order)
+    heavy = assign_shards(heaviest, num_shards)
+    loads = [0] * num_shards
+    for key, n_bytes in heaviest:
+        loads[heavy[key]] += n_bytes
+    room = [max(0.0, total_bytes / num_shards - load) for load in loads]
+    if sum(room) <= 0:
+        room = [1.0] * num_shards
+    weights = [share / sum(room) for share in itertools.accumulate(room)]
+    weights[-1] = 1.0
+    return ShardAssignment(heavy, tuple(weights))
+
+
 def shard_row(row: dict[str, Any]) -> tuple[str, str, str, int]:
     """(uri, series_instance_uid, series_key, size_bytes) of a readable file, as in the shard CSVs."""
     return row["uri"], row.get("series_instance_uid") or "", series_key(series_group(row), 0), row["size_bytes"] or 0
@@ -240,6 +287,13 @@ def csv_text(header_row: Sequence[str] | None, rows: Iterable[Sequence[Any]]) ->
         writer.writerow(header_row)
     writer.writerows(["" if v is None else v for v in row] for row in rows)
     return buffer.getvalue()
+
+
+def encode_unreadable(rows: list[dict]) -> bytes:
+    """unreadable CSV bytes: header, then uri,size_bytes,reason sorted by URI."""
+    ordered = sorted(rows, key=lambda row: row["uri"])
+    lines = ([row["uri"], row["size_bytes"], row["reason"]] for row in ordered)
+    return csv_text(schemas.UNREADABLE_COLUMNS, lines).encode("utf-8", "surrogateescape")
 
 
 def csv_line(values: Sequence[Any]) -> str:

@@ -13,9 +13,8 @@ from html import escape
 from typing import Any, Iterable, Sequence
 
 from dicom_io import schemas
+from dicom_io.report_summary import ReportSummary, reason_class  # noqa: F401 (reason_class: part of this API)
 
-MAX_ROWS = 5000  # rows per long table (series, failed files); the rest are counted, not listed
-NOT_CHECKED = "not checked"
 
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#1d2330;background:#fff}
@@ -37,24 +36,13 @@ tr.failed td.status{color:#a11d1d;font-weight:600}code{font-size:12px;word-break
 
 @dataclass
 class ReportData:
-    """Everything the page shows; gathered by the verify job (or read back from its tables)."""
+    """Everything the page shows: the run's ReportSummary (counts and bounded listings) and the thumbnails."""
 
     output: str
-    verify_rows: list[dict[str, Any]]
-    series_rows: list[dict[str, Any]]  # OUT/summary/series-*.parquet
-    instance_counts: dict[str, int]  # status -> files
-    failed_files: list[dict[str, Any]]  # instances rows with status failed (the first MAX_ROWS by URI)
-    failed_files_total: int = 0
-    failed_reasons: dict[str, int] = field(default_factory=dict)  # reason class -> files
-    file_failures: list[dict[str, Any]] = field(default_factory=list)  # OUT/verify/files-*.parquet rows
+    summary: ReportSummary
     thumbnails: dict[str, bytes] = field(default_factory=dict)  # name -> JPEG bytes
     sample: int | None = None
     seed: int = 0
-
-
-def reason_class(reason: str | None) -> str:
-    """The part of a reason before its first ':' ("decode error", "not dicom", "stack not converted")."""
-    return (reason or "").split(":", 1)[0].strip() or "(no reason)"
 
 
 def _cell(value: Any, css: str = "") -> str:
@@ -84,37 +72,27 @@ def _more(shown: int, total: int, what: str) -> str:
 
 
 def _totals(data: ReportData) -> str:
-    checked = len(data.verify_rows)
-    failed = sum(1 for r in data.verify_rows if r["status"] != schemas.OK)
-    by_status = {s: sum(1 for r in data.series_rows if r.get("status") == s) for s in (schemas.CONVERTED, schemas.FAILED)}
+    counts = data.summary.counts
     items = [
-        ("series_converted", "Series converted", by_status[schemas.CONVERTED]),
-        ("series_conversion_failed", "Series that failed conversion", by_status[schemas.FAILED]),
-        ("series_checked", "Series checked", checked),
-        ("series_ok", "Series ok", checked - failed),
-        ("series_failed", "Series failed verification", failed),
-        ("checks_passed", "Checks passed", sum(r["checks_passed"] for r in data.verify_rows)),
-        ("checks_failed", "Checks failed", sum(r["checks_failed"] for r in data.verify_rows)),
+        ("series_converted", "Series converted", counts["series_converted"]),
+        ("series_conversion_failed", "Series that failed conversion", counts["series_conversion_failed"]),
+        ("series_checked", "Series checked", counts["series_checked"]),
+        ("series_ok", "Series ok", counts["series_ok"]),
+        ("series_failed", "Series failed verification", counts["series_failed"]),
+        ("checks_passed", "Checks passed", counts["checks_passed"]),
+        ("checks_failed", "Checks failed", counts["checks_failed"]),
     ]
-    items += [(f"instances_{s}", f"Instances {s}", n) for s, n in sorted(data.instance_counts.items())]
-    items += [("files_failed", "Files that failed conversion", data.failed_files_total),
-              ("file_failures", "Instances-table accounting failures", len(data.file_failures))]
+    items += [(f"instances_{s}", f"Instances {s}", n) for s, n in sorted(data.summary.instance_counts.items())]
+    items += [("files_failed", "Files that failed conversion", counts["files_failed"]),
+              ("file_failures", "Instances-table accounting failures", counts["file_failures"])]
     rows = (f'<tr data-key="{escape(k)}"><th>{escape(label)}</th>{_num(n)}</tr>' for k, label, n in items)
     return _table("totals", ("", "count"), rows)
 
 
-def _series_order(row: dict[str, Any], verified: dict[str, dict[str, Any]]) -> tuple:
-    status = verified.get(row["series_key"], {}).get("status")
-    return (status != schemas.FAILED, row.get("status") != schemas.FAILED, row["series_key"])
-
-
 def _series_table(data: ReportData) -> str:
-    verified = {r["series_key"]: r for r in data.verify_rows}
-    ordered = sorted(data.series_rows, key=lambda r: _series_order(r, verified))
     rows = []
-    for row in ordered[:MAX_ROWS]:
-        v = verified.get(row["series_key"])
-        status = v["status"] if v else (schemas.FAILED if row.get("status") == schemas.FAILED else NOT_CHECKED)
+    for row in data.summary.series.items():
+        status = row["verification"]
         css = "failed" if status == schemas.FAILED else "ok" if status == schemas.OK else ""
         rows.append(
             f'<tr class="{css}" data-series-key="{escape(row["series_key"])}" data-status="{escape(status)}">'
@@ -122,10 +100,11 @@ def _series_table(data: ReportData) -> str:
             f'{_cell(row.get("modality"))}{_cell(row.get("geometry"))}{_num(row.get("n_slices"))}'
             f'{_cell(_dims(row.get("shape")))}{_cell(_dims(row.get("spacing")))}{_cell(row.get("dtype"))}'
             f'{_cell(row.get("status"))}{_cell(status, "status")}'
-            f'{_num(v["checks_passed"] if v else None)}{_num(v["checks_failed"] if v else None)}</tr>')
+            f'{_num(row["checks_passed"])}{_num(row["checks_failed"])}</tr>')
     headers = ("series_key", "description", "modality", "geometry", "n_slices", "shape", "spacing (mm)", "dtype",
                "conversion", "verification", "checks passed", "checks failed")
-    return _table("series", headers, rows, len(ordered)) + _more(len(rows), len(ordered), "series")
+    total = data.summary.counts["series_total"]
+    return _table("series", headers, rows, total) + _more(len(rows), total, "series")
 
 
 def _img(name: str, data: ReportData) -> str:
@@ -138,7 +117,7 @@ def _img(name: str, data: ReportData) -> str:
 
 def _thumbnails(data: ReportData) -> str:
     cards = []
-    for row in sorted(data.verify_rows, key=lambda r: (r["status"] == schemas.OK, r["series_key"])):
+    for row in data.summary.thumbnails.items():
         names = [n for n in row.get("thumbnails") or [] if n in data.thumbnails]
         if not names:
             continue
@@ -153,41 +132,46 @@ def _thumbnails(data: ReportData) -> str:
 
 
 def _failures(data: ReportData) -> str:
-    rows = []
-    for row in sorted(data.verify_rows, key=lambda r: r["series_key"]):
+    summary, rows = data.summary, []
+    for row in summary.failures.items():
         for line in row.get("failures") or []:
             check, _, detail = line.partition(": ")
             rows.append(f'<tr data-series-key="{escape(row["series_key"])}"><td><code>{escape(row["series_key"])}'
                         f'</code></td>{_cell(check)}{_cell(detail)}</tr>')
-    section = _table("failures", ("series_key", "check", "detail"), rows, len(rows)) if rows else \
+    total = summary.counts["failure_lines"]
+    section = (_table("failures", ("series_key", "check", "detail"), rows, total)
+               + _more(len(rows), total, "failures")) if rows else \
         '<p id="failures" data-total="0">Every check of every checked series passed.</p>'
     files = [f'<tr><td><code>{escape(r["source_uri"])}</code></td>{_cell(r.get("series_key"))}{_cell(r["check"])}'
-             f'{_cell(r["detail"])}</tr>' for r in sorted(data.file_failures, key=lambda r: (r["source_uri"], r["check"]))]
+             f'{_cell(r["detail"])}</tr>' for r in summary.file_failures.items()]
+    total = summary.counts["file_failures"]
     section += "<h3>Instances table accounting</h3>" + (
-        _table("file-failures", ("source_uri", "series_key", "check", "detail"), files, len(files)) if files else
+        _table("file-failures", ("source_uri", "series_key", "check", "detail"), files, total)
+        + _more(len(files), total, "accounting failures") if files else
         '<p id="file-failures" data-total="0">Every file is listed once and still exists.</p>')
     return section
 
 
 def _conversion_failures(data: ReportData) -> str:
-    failed_series = sorted((r for r in data.series_rows if r.get("status") == schemas.FAILED),
-                           key=lambda r: r["series_key"])
+    summary = data.summary
     series_rows = [f'<tr><td><code>{escape(r["series_key"])}</code></td>{_cell(r.get("reason"))}</tr>'
-                   for r in failed_series]
-    reasons = [f'<tr><td>{escape(k)}</td>{_num(n)}</tr>' for k, n in sorted(data.failed_reasons.items())]
+                   for r in summary.failed_series.items()]
+    reasons = [f'<tr><td>{escape(k)}</td>{_num(n)}</tr>' for k, n in sorted(summary.failed_reasons.items())]
     files = [f'<tr><td><code>{escape(r["source_uri"])}</code></td>{_cell(r.get("reason"))}</tr>'
-             for r in sorted(data.failed_files, key=lambda r: r["source_uri"])[:MAX_ROWS]]
+             for r in summary.failed_files.items()]
     if not series_rows and not files:
         return '<p id="failed-files" data-total="0">No series and no file failed conversion.</p>'
-    return ("<h3>Series</h3>" + _table("failed-series", ("series_key", "reason"), series_rows, len(series_rows))
+    failed_series, failed_files = summary.counts["series_conversion_failed"], summary.counts["files_failed"]
+    return ("<h3>Series</h3>" + _table("failed-series", ("series_key", "reason"), series_rows, failed_series)
+            + _more(len(series_rows), failed_series, "failed series")
             + "<h3>Files by reason</h3>" + _table("failed-reasons", ("reason", "files"), reasons)
-            + "<h3>Files</h3>" + _table("failed-files", ("source_uri", "reason"), files, data.failed_files_total)
-            + _more(len(files), data.failed_files_total, "failed files"))
+            + "<h3>Files</h3>" + _table("failed-files", ("source_uri", "reason"), files, failed_files)
+            + _more(len(files), failed_files, "failed files"))
 
 
 def render_report(data: ReportData) -> str:
     """The whole page as a string (deterministic: no clock, rows sorted)."""
-    failed = sum(1 for r in data.verify_rows if r["status"] != schemas.OK) + len(data.file_failures)
+    failed = data.summary.counts["series_failed"] + data.summary.counts["file_failures"]
     banner = (f'<div class="banner failed" id="verdict" data-status="failed">{failed} problem(s) found: '
               'see Failures below.</div>' if failed else
               '<div class="banner ok" id="verdict" data-status="ok">Every check passed.</div>')

@@ -310,8 +310,9 @@ VERIFY_FILES_SCHEMA = pa.schema(
 # ---- dataset job (pipelines.dataset): OUT/datasets/{vlm,labels}/ ----------------------------------
 DATASETS_DIR, VLM, LABELS = "datasets", "vlm", "labels"
 PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs-IIIII-of-NNNNN.{jsonl,parquet}
-LABELS_JSON, LABELS_CSV = "dataset.json", "train_dataset.csv"  # OUT/datasets/labels/
-UNMATCHED_CSV, DATASET_SUMMARY_JSON = "unmatched.csv", "summary.json"  # in both
+# OUT/datasets/labels/dataset-IIIII-of-NNNNN.json (a JSON array each) and train_dataset-IIIII-of-NNNNN.csv
+LABELS_PREFIX, TRAIN_PREFIX = "dataset", "train_dataset"
+UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched-IIIII-of-NNNNN.csv
 SPLITS = ("train", "validation", "test")
 UNMATCHED_COLUMNS = ("table", "row", "key", "reason", "record")  # record: the row as JSON
 

@@ -126,6 +126,22 @@ def glob(pattern: str) -> list[str]:
     return found
 
 
+def subfolders(uri: str) -> list[str]:
+    """The direct sub-folders (on GCS: sub-prefixes) of a folder, sorted, scheme kept; [] when it is absent."""
+    fs, path = _fs(uri)
+    try:
+        entries = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    own = path.rstrip("/")
+    found = sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory")
+    found = [name for name in found if name != own]
+    if is_remote(uri):
+        scheme = uri.split("://", 1)[0]
+        return [f"{scheme}://{name}" for name in found]
+    return found
+
+
 def create_exclusive(uri: str, data: bytes) -> bool:
     """Create `uri` with `data` only if nothing is there (atomic locally and on GCS); False if it exists."""
     if uri.startswith("gs://"):

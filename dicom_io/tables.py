@@ -4,15 +4,23 @@ Rows go to a shard by CRC32 of their key (Python's hash is salted) and are sorte
 so the same rows always give byte-identical files, whatever order workers produced them in.
 Every shard is written, even empty, atomically; shard 0 removes shards of an earlier run with
 another shard count.
+
+The shard count is either forced (`TableSharding.num_shards`) or planned from the rows: keys are
+hashed into BUCKETS fine buckets, the rows per bucket counted (a bounded aggregate), and runs of
+consecutive buckets packed into shards of at most `rows_per_shard` rows (`plan_shards`). The plan
+depends only on the rows, so the same rows give the same shards.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
+import math
 import zlib
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +40,62 @@ def shard_of_key(key: Any, num_shards: int) -> int:
     return zlib.crc32(str(key or "").encode("utf-8", "surrogatepass")) % num_shards
 
 
+BUCKETS = 1 << 16  # fine hash buckets a planned table is cut from: a shard holds whole buckets
+ROWS_PER_SHARD = 500_000  # default cap: one worker sorts and encodes one shard in memory
+
+
+@dataclass(frozen=True)
+class TableSharding:
+    """How many files a table gets: `num_shards` forces a count (hash modulo N); otherwise as few
+    as keep every shard at or under `rows_per_shard` rows."""
+
+    num_shards: int | None = None
+    rows_per_shard: int = ROWS_PER_SHARD
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Where a key's rows go. Planned: shard i holds buckets [bounds[i-1], bounds[i]); forced: CRC32 % N."""
+
+    num_shards: int
+    bounds: tuple[int, ...] = ()
+    forced: bool = False
+
+    def shard_of(self, key: Any) -> int:
+        if self.forced:
+            return shard_of_key(key, self.num_shards)
+        return bisect.bisect_right(self.bounds, bucket_of_key(key))
+
+
+def bucket_of_key(key: Any) -> int:
+    """Stable fine bucket of a key (what a planned table counts and cuts)."""
+    return shard_of_key(key, BUCKETS)
+
+
+def forced_plan(num_shards: int) -> ShardPlan:
+    return ShardPlan(max(1, num_shards), forced=True)
+
+
+def plan_shards(bucket_counts: Mapping[int, int], rows_per_shard: int) -> ShardPlan:
+    """Pack consecutive buckets into shards of at most ceil(total / ceil(total / rows_per_shard)) rows.
+
+    No shard exceeds `rows_per_shard` unless one bucket alone does (many rows of one key); an empty
+    table is one empty shard.
+    """
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
+    total = sum(bucket_counts.values())
+    target = math.ceil(total / max(1, math.ceil(total / rows_per_shard)))
+    bounds, filled = [], 0
+    for bucket in sorted(bucket_counts):
+        count = bucket_counts[bucket]
+        if filled and filled + count > target:
+            bounds.append(bucket)
+            filled = 0
+        filled += count
+    return ShardPlan(len(bounds) + 1, tuple(bounds))
+
+
 def shard_file_uri(prefix: str, index: int, num_shards: int, ext: str) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.{ext}"
 
@@ -45,6 +109,19 @@ def encode_parquet(rows: Iterable[dict[str, Any]], schema: pa.Schema, sort_keys:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(sort_rows(rows, sort_keys), schema=schema), buffer, compression="zstd")
     return buffer.getvalue()
+
+
+WIDE_ROW_WEIGHT = 20  # a wide tags row holds every element of a file: its shards hold 20x fewer rows
+
+
+def encode_wide_tags(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> bytes:
+    """A wide tags shard: every column of the union (`columns`), so all shards share one schema."""
+    return encode_parquet(rows, schemas.tags_schema(columns), ("uri",))
+
+
+def wide_sharding(sharding: TableSharding) -> TableSharding:
+    """The sharding of the wide tags table: the same forced count, or WIDE_ROW_WEIGHT times fewer rows."""
+    return TableSharding(sharding.num_shards, max(1, sharding.rows_per_shard // WIDE_ROW_WEIGHT))
 
 
 def encode_jsonl(rows: Iterable[dict[str, Any]], sort_keys: Sequence[str]) -> bytes:

@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from dicom_io import aggregate, schemas
 from pipelines.common import JobOptions, quiet_main, require, run_job
 from pipelines.report import print_summary
+from pipelines.sharding import table_sharding
 from transforms.aggregate import AggregateParts
 
 
@@ -42,7 +43,7 @@ def build(pipeline: beam.Pipeline, opts: AggregateOptions) -> dict:
     shared = opts.view_as(JobOptions)
     parts = {name: aggregate.part_files(shared.output, name)
              for name in (schemas.SUMMARY_SERIES_PREFIX, schemas.SUMMARY_INSTANCES_PREFIX)}
-    return pipeline | "Aggregate" >> AggregateParts(shared.output, parts, shared.table_shards)
+    return pipeline | "Aggregate" >> AggregateParts(shared.output, parts, table_sharding(opts))
 
 
 def summarize(opts: AggregateOptions) -> None:

@@ -48,8 +48,9 @@ class JobOptions(PipelineOptions):
         parser.add_argument("--input", help="Folder or gs:// prefix (recursive), glob, or .csv/.parquet manifest")
         parser.add_argument("--output", help="Output root (local path or gs://)")
         parser.add_argument("--manifest_column", default="uri", help="Manifest column holding file URIs")
-        parser.add_argument("--table_shards", type=int, default=1,
-                            help="Files per summary table (about one per 500,000 input files)")
+        parser.add_argument("--table_shards", type=int, default=None,
+                            help="Files per table, forced (default: as few as keep --rows_per_shard)")
+        parser.add_argument("--rows_per_shard", type=int, default=500_000, help="Most rows per table file")
 
 
 class PixelOptions(PipelineOptions):
@@ -97,8 +98,8 @@ def require(job: str, opts: PipelineOptions, *names: str) -> None:
     missing = [f"--{name}" for name in names if not getattr(shared, name)]
     if missing:
         raise cli.UsageError(f"pipelines.{job}: {' and '.join(missing)} required")
-    if shared.table_shards <= 0:
-        raise cli.UsageError(f"pipelines.{job}: --table_shards must be positive")
+    if (shared.table_shards or 1) <= 0 or shared.rows_per_shard <= 0:
+        raise cli.UsageError(f"pipelines.{job}: --table_shards and --rows_per_shard must be positive")
     if "input" in names and not _input_exists(shared.input):
         raise cli.UsageError(f"pipelines.{job}: --input {shared.input} does not exist")
     if "input" in names:

@@ -17,6 +17,7 @@ from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import (DeidOptions, JobOptions, PixelOptions, deid_settings, parse_bool, quiet_main,
                               require, run_job)
 from pipelines.report import print_summary
+from pipelines.sharding import table_sharding
 from transforms.convert import ConvertToVolumes
 from transforms.aggregate import WriteSummaryPart
 from transforms.tables import WriteSummaryTables
@@ -92,10 +93,10 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     tables = pipeline | "Convert" >> ConvertToVolumes(
         input_uri=shared.input, settings=settings, manifest_column=shared.manifest_column,
         deid=deid_settings("convert", opts), label_column=settings.previews.label_column)
-    written = tables | "WriteSummary" >> WriteSummaryTables(shared.output, shared.table_shards)
+    written = tables | "WriteSummary" >> WriteSummaryTables(shared.output, table_sharding(opts))
     part = summary_part_of(opts)
     if part:
-        tables | "WriteSummaryPart" >> WriteSummaryPart(shared.output, part, shared.table_shards)
+        tables | "WriteSummaryPart" >> WriteSummaryPart(shared.output, part, table_sharding(opts))
     return written
 
 

@@ -7,8 +7,8 @@
         --series_descriptions train_series_descriptions.csv [--study_id_source ...] [--series_id_source ...]
     both: [--split 0.8,0.1,0.1] [--split_salt S] [any Beam option]
 
-Writes OUT/datasets/vlm/pairs-*.{jsonl,parquet} or OUT/datasets/labels/{dataset.json,train_dataset.csv},
-and in both OUT/datasets/<format>/unmatched.csv (every user row that did not join, with the reason) and
+Writes OUT/datasets/vlm/pairs-*.{jsonl,parquet} or OUT/datasets/labels/{dataset-*.json,train_dataset-*.csv},
+and in both OUT/datasets/<format>/unmatched-*.csv (every user row that did not join, with the reason) and
 summary.json (counts). The split is a salted hash of (0010,0020) PatientID, so a patient is in one split.
 """
 
@@ -23,13 +23,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io import datasets, schemas, storage
 from pipelines.common import JobOptions, quiet_main, require, run_job
+from pipelines.sharding import table_sharding
 from transforms.dataset import BuildLabelDataset, BuildVlmPairs
 
 FORMATS = (schemas.VLM, schemas.LABELS)
 
 
 class DatasetOptions(PipelineOptions):
-    """Flags of pipelines.dataset; --output and --table_shards (pairs files) are JobOptions'.
+    """Flags of pipelines.dataset; --output, --table_shards and --rows_per_shard are JobOptions'.
 
     Not --labels: Beam's GoogleCloudOptions owns that flag (Dataflow job labels).
     """
@@ -99,11 +100,12 @@ def build(pipeline: beam.Pipeline, opts: DatasetOptions):
                                 report_series_column=opts.report_series_column, study_id_source=opts.study_id_source,
                                 text_mode=opts.report_texts, split=split_of(opts))
         return pipeline | "BuildVlmPairs" >> BuildVlmPairs(
-            output=shared.output, report_table=opts.report_table, spec=spec, num_shards=shared.table_shards)
+            output=shared.output, report_table=opts.report_table, spec=spec, sharding=table_sharding(opts))
     spec = datasets.LabelSpec(study_id_source=opts.study_id_source, series_id_source=opts.series_id_source,
                               split=split_of(opts))
     return pipeline | "BuildLabelDataset" >> BuildLabelDataset(
-        output=shared.output, labels_table=opts.labels_table, series_descriptions=opts.series_descriptions, spec=spec)
+        output=shared.output, labels_table=opts.labels_table, series_descriptions=opts.series_descriptions, spec=spec,
+        sharding=table_sharding(opts))
 
 
 def summarize(opts: DatasetOptions) -> None:

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from dicom_io import schemas, storage, tables
 from dicom_io.manifest import CrawlSettings
 from pipelines.common import DeidOptions, JobOptions, deid_settings, quiet_main, require, run_job
+from pipelines.sharding import table_sharding
 from transforms.manifest import CrawlManifest, WriteManifest
 
 
@@ -74,7 +75,7 @@ def build(pipeline: beam.Pipeline, opts: ManifestOptions) -> dict:
     shared = opts.view_as(JobOptions)
     crawled = pipeline | "Crawl" >> CrawlManifest(settings_of(opts))
     return crawled | "WriteManifest" >> WriteManifest(
-        shared.output, table_shards=shared.table_shards, num_shards=opts.num_shards, all_tags=opts.all_tags)
+        shared.output, sharding=table_sharding(opts), num_shards=opts.num_shards, all_tags=opts.all_tags)
 
 
 def read_table(output: str, name: str) -> pa.Table:

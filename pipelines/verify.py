@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from dicom_io import schemas, storage, tables
 from dicom_io.verify import POSITION_TOLERANCE_MM, VerifySettings
 from pipelines.common import JobOptions, PixelOptions, quiet_main, require, run_job
+from pipelines.sharding import table_sharding
 from transforms.verify import VerifyOutput, WriteReport, WriteVerifyTables
 
 
@@ -63,7 +64,7 @@ def build(pipeline: beam.Pipeline, opts: VerifyOptions) -> dict:
     settings = VerifySettings(output=shared.output, max_pixel_bytes=opts.view_as(PixelOptions).max_pixel_bytes,
                               position_tolerance_mm=opts.position_tolerance_mm)
     checked = pipeline | "Verify" >> VerifyOutput(settings, opts.sample, opts.seed)
-    tables = checked | "WriteVerifyTables" >> WriteVerifyTables(shared.output, shared.table_shards)
+    tables = checked | "WriteVerifyTables" >> WriteVerifyTables(shared.output, table_sharding(opts))
     report = checked | "WriteReport" >> WriteReport(shared.output, report_uri_of(opts), opts.sample, opts.seed,
                                                     opts.report_thumbnails)
     return {**tables, "report": report}

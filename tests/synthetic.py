@@ -621,6 +621,33 @@ def make_bench_corpus(
     return corpus
 
 
+def make_scale_corpus(
+    root: str | os.PathLike,
+    n_files: int,
+    slices_per_series: int = 4,
+    folders: int = 16,
+    rows: int = 8,
+    cols: int = 8,
+    seed: int = 0,
+) -> Corpus:
+    """``n_files`` tiny CT files (rows x cols), ``slices_per_series`` per series, the series spread
+    over ``folders`` sub-folders of ``root``: many files and series for little I/O (scale tests)."""
+    root = os.fspath(root)
+    corpus = Corpus(root=root, files=[], expected={})
+    for k in range(math.ceil(n_files / slices_per_series)):
+        n = min(slices_per_series, n_files - k * slices_per_series)
+        spec = SeriesSpec(
+            series_uid=uid_from("scale-series", seed, k), study_uid=uid_from("scale-study", seed, k // 4),
+            patient_id=f"SCALE{seed:02d}{k // 8:06d}", modality="CT",
+            positions=axial_positions(n, 2.0), iop=AXIAL_IOP, pixel_spacing=(1.0, 1.0), rows=rows, cols=cols,
+            series_number=k % 50 + 1, series_description=f"SCALE {k}", slice_thickness=2.0,
+        )
+        paths = write_series(os.path.join(root, f"{k % folders:03d}"), spec, seed=seed)
+        corpus.files += paths
+        corpus.expected[spec.series_uid] = _expected(spec, "regular" if n > 1 else "single_slice", paths)
+    return corpus
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -67,8 +67,21 @@ def _read(out: str, fmt: str, name: str) -> bytes:
     return storage.read_bytes(schemas.dataset_uri(out, fmt, name))
 
 
+def _shards(out: str, fmt: str, prefix: str, ext: str) -> list[bytes]:
+    """Every shard of OUT/datasets/{fmt}/{prefix}-*.{ext}, in shard order."""
+    return [storage.read_bytes(f) for f in storage.glob(schemas.dataset_uri(out, fmt, f"{prefix}-*.{ext}"))]
+
+
+def _csv_rows(out: str, fmt: str, prefix: str) -> list[dict]:
+    return [row for data in _shards(out, fmt, prefix, "csv") for row in csv.DictReader(io.StringIO(data.decode()))]
+
+
+def _entries(out: str) -> list[dict]:
+    return [e for data in _shards(out, "labels", schemas.LABELS_PREFIX, "json") for e in json.loads(data)]
+
+
 def _unmatched(out: str, fmt: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(_read(out, fmt, schemas.UNMATCHED_CSV).decode())))
+    return _csv_rows(out, fmt, schemas.UNMATCHED_PREFIX)
 
 
 def _one_split_per_patient(rows: list[dict]) -> dict[str, str]:
@@ -169,15 +182,15 @@ def test_labels_in_the_rsna_layout(lumbar, tmp_path):
     dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", table,
                      "--split", "0.4,0.3,0.3", *RUNNER_ARGS])
 
-    entries = json.loads(_read(out, "labels", schemas.LABELS_JSON))
-    assert [e["study_id"] for e in entries] == sorted(labelled)
+    entries = _entries(out)
+    assert [e["study_id"] for e in entries] == sorted(labelled)  # one shard, sorted by study
     for k, entry in enumerate(sorted(entries, key=lambda e: labelled.index(e["study_id"]))):
         assert sorted(entry["series"]) == sorted(d for d, _ in DESCRIPTIONS.values())
         assert entry["labels"] == {c: (_label_value(k, j) or None) for j, c in enumerate(LABELS)}
         for description, members in entry["series"].items():
             [s] = members
             assert s["volume_uri"] == schemas.zarr_uri(out, s["series_key"]) and storage.exists(s["volume_uri"])
-    train_rows = list(csv.DictReader(io.StringIO(_read(out, "labels", schemas.LABELS_CSV).decode())))
+    train_rows = _csv_rows(out, "labels", schemas.TRAIN_PREFIX)
     assert list(train_rows[0]) == [*datasets.TRAIN_COLUMNS, *LABELS]
     assert len(train_rows) == 3 * len(labelled)
     assert Counter(r["series_description"] for r in train_rows) == {d: len(labelled) for d, _ in DESCRIPTIONS.values()}
@@ -203,9 +216,18 @@ def test_labels_mapped_by_accession_and_series_number(lumbar, tmp_path):
                         for st, members in studies.items() for s in members])
     dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", table,
                      "--study_id_source", "accession_number", "--series_id_source", "series_number", *RUNNER_ARGS])
-    entries = json.loads(_read(out, "labels", schemas.LABELS_JSON))
+    entries = _entries(out)
     assert sorted(e["study_id"] for e in entries) == sorted(accession.values())
     assert all(len(e["series"]) == 3 for e in entries) and _unmatched(out, "labels") == []
+    # cut into shards of at most 2 studies: the same entries and train rows, the 1-shard files removed
+    train_rows = sorted(map(str, _csv_rows(out, "labels", schemas.TRAIN_PREFIX)))
+    dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", table,
+                     "--study_id_source", "accession_number", "--series_id_source", "series_number",
+                     "--rows_per_shard", "2", *RUNNER_ARGS])
+    shards = [json.loads(data) for data in _shards(out, "labels", schemas.LABELS_PREFIX, "json")]
+    assert len(shards) >= len(entries) / 2 and max(map(len, shards)) <= 2
+    assert sorted(map(str, _entries(out))) == sorted(map(str, entries))
+    assert sorted(map(str, _csv_rows(out, "labels", schemas.TRAIN_PREFIX))) == train_rows
 
 
 def test_validate_names_what_is_missing(lumbar, tmp_path):

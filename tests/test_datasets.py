@@ -188,6 +188,18 @@ def test_unmatched_csv_and_summary():
                  datasets.unmatched_row("labels", {ROW: 1, "study_id": "y"}, "y", datasets.NO_DESCRIBED_SERIES)]
     text = datasets.encode_csv(unmatched, schemas.UNMATCHED_COLUMNS).decode()
     assert list(csv.DictReader(io.StringIO(text)))[0]["reason"] == datasets.NO_SERIES
-    summary = datasets.summary("vlm", {"pairs": 3}, unmatched)
+    summary = datasets.summary("vlm", {"pairs": 3}, Counter(map(datasets.unmatched_reason, unmatched)))
     assert summary["unmatched"] == 2 and summary["pairs"] == 3
     assert summary["unmatched_by_reason"] == {"report": {datasets.NO_SERIES: 1}, "labels": {datasets.NO_DESCRIBED_SERIES: 1}}
+
+
+def test_user_tables_stream_and_are_refused_at_their_first_row(tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text("study_id,report_value\n" + "".join(f"{i},\"line {i}\nsecond line\"\n" for i in range(3000)))
+    rows = datasets.iter_checked_rows(str(path), ["study_id"])
+    assert next(rows) == {"study_id": "0", "report_value": "line 0\nsecond line", ROW: 0}  # quoted newline kept
+    assert sum(1 for _ in rows) == 2999
+    pq.write_table(pa.table({"study_id": list(range(70_000))}), tmp_path / "big.parquet")
+    assert [r[ROW] for r in datasets.iter_rows(str(tmp_path / "big.parquet"))][-2:] == [69_998, 69_999]
+    with pytest.raises(datasets.TableError, match="no column 'text'"):
+        next(datasets.iter_checked_rows(str(path), ["study_id", "text"]))

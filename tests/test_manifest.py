@@ -207,3 +207,19 @@ def test_file_info_and_glob(tmp_path):
                                    "2023-11-14T22:13:20.500Z"])
 def test_modification_times_in_every_form_fsspec_reports(value):
     assert storage._epoch_seconds(value) == pytest.approx(1_700_000_000.5)
+
+
+def test_beyond_the_heaviest_series_the_rest_fill_the_room_left(monkeypatch):
+    rng = random.Random(3)
+    series = [(f"s{i:05d}", rng.randint(1, 100)) for i in range(20000)] + [("big", 50000), ("bigger", 80000)]
+    total = sum(b for _, b in series)
+    everything = manifest.plan_assignment(series, total, 5)
+    assert everything.heavy == manifest.assign_shards(series, 5)  # all of them heavy: exactly largest-first
+    heaviest = sorted(series, key=manifest.heavy_order)[:50]
+    plan = manifest.plan_assignment(heaviest, total, 5)
+    assert plan.heavy == manifest.assign_shards(heaviest, 5) and len(plan.heavy) == 50
+    loads = [0] * 5
+    for key, n_bytes in series:
+        loads[plan.shard_of(key)] += n_bytes
+    assert sum(loads) == total and max(loads) - min(loads) < 0.05 * total / 5  # balanced to a few percent
+    assert manifest.plan_assignment(reversed(heaviest), total, 5) == plan

@@ -17,14 +17,14 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
-from dicom_io import manifest, schemas, tags
+from dicom_io import manifest, schemas, tables, tags
 from dicom_io.errors import DicomflowError
 from dicom_io.header import read_header
 from dicom_io.keys import series_key
 from dicom_io.tables import read_table as read_convert_table
 from pipelines import convert, manifest as manifest_job
 from tests.conftest import RUNNER_ARGS, all_files
-from transforms.manifest import ListFiles, WideTagsSink
+from transforms.manifest import ListFiles
 
 PYDICOM_FILES = os.path.dirname(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
 NUM_SHARDS = 3
@@ -167,17 +167,16 @@ def test_duckdb_reads_both_tag_tables(shipped):
     assert suite == [("GEMS_IDEN_01:Suite id", "CT01")]
 
 
-def test_wide_sink_writes_one_schema_into_every_shard(tmp_path):
+def test_wide_shards_share_one_schema_and_are_cut_finer(tmp_path):
     columns = ("A (0008,0001)", "B (0008,0002)")
-    sink = WideTagsSink(str(tmp_path / "tags"))
-    for i, rows in enumerate([[{"uri": "x", "A (0008,0001)": "1"}], [{"uri": "y", "B (0008,0002)": "2"}], []]):
-        state = sink.open(str(tmp_path / f"tags-{i}.parquet"))
-        for row in rows:
-            sink.write_record(state, (columns, row))
-        sink.close(state)
+    shards = [[{"uri": "y", "B (0008,0002)": "2"}, {"uri": "x", "A (0008,0001)": "1"}], []]
+    for i, rows in enumerate(shards):
+        (tmp_path / f"tags-{i}.parquet").write_bytes(tables.encode_wide_tags(rows, columns))
     table = pads.dataset([str(tmp_path / f"tags-{i}.parquet") for i in range(2)], format="parquet").to_table()
-    assert table.column_names == ["uri", *columns] and table.num_rows == 2
-    assert pads.dataset(str(tmp_path / "tags-2.parquet")).schema.names == ["uri"]  # an empty shard still reads
+    assert table.column_names == ["uri", *columns] and table.column("uri").to_pylist() == ["x", "y"]
+    assert pads.dataset(str(tmp_path / "tags-1.parquet")).schema.names == ["uri", *columns]  # empty, same schema
+    assert tables.wide_sharding(tables.TableSharding(None, 1000)).rows_per_shard == 1000 // tables.WIDE_ROW_WEIGHT
+    assert tables.wide_sharding(tables.TableSharding(7, 1000)).num_shards == 7
 
 
 # ---- generated corpus: listing, convert from the manifest, --previous ------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dicom_io import render, report_html
+from dicom_io import render, report_html, report_summary
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 # Skipped only on a developer machine without the browser; under CI (make test installs it) the
@@ -120,8 +120,7 @@ def _jpeg() -> bytes:
     return render.encode(render.to_image(((xx * 3 + yy * 2) % 400 - 200).astype(np.int16), 0, 400), "jpeg")
 
 
-def _data() -> report_html.ReportData:
-    thumbs = {"a_middle.jpg": _jpeg(), "a_montage.jpg": _jpeg()}
+def _rows(max_rows: int = report_summary.MAX_ROWS) -> tuple[list, list, list, list]:
     verify_rows = [
         {"series_key": "a", "status": "ok", "checks_passed": 40, "checks_failed": 0, "failures": [],
          "geometry": "regular", "thumbnails": ["a_middle.jpg", "a_montage.jpg"]},
@@ -137,15 +136,32 @@ def _data() -> report_html.ReportData:
         {"series_key": "c", "status": "converted", "geometry": "regular", "n_slices": 3},
         {"series_key": "d", "status": "failed", "reason": "decode error: JPEG 2000: corrupt (/in/d1)"},
     ]
-    return report_html.ReportData(
-        output="gs://bucket/out", verify_rows=verify_rows, series_rows=series_rows,
-        instance_counts={"converted": 32, "failed": 3, "skipped": 2},
-        failed_files=[{"source_uri": "/in/d1", "reason": "decode error: JPEG 2000: corrupt"},
-                      {"source_uri": "/in/notes.txt", "reason": "not dicom: no DICM prefix"},
-                      {"source_uri": "/in/d2", "reason": "stack not converted: /in/d1 failed"}],
-        failed_files_total=3, failed_reasons={"decode error": 1, "not dicom": 1, "stack not converted": 1},
-        file_failures=[{"source_uri": "/in/x", "series_key": None, "check": "missing", "detail": "no longer exists"}],
-        thumbnails=thumbs, sample=3, seed=7)
+    instances = ([{"source_uri": f"/in/ok{i:02d}", "status": "converted", "reason": ""} for i in range(32)]
+                 + [{"source_uri": f"/in/skip{i}", "status": "skipped", "reason": "localizer: x"} for i in range(2)]
+                 + [{"source_uri": "/in/d1", "status": "failed", "reason": "decode error: JPEG 2000: corrupt"},
+                    {"source_uri": "/in/notes.txt", "status": "failed", "reason": "not dicom: no DICM prefix"},
+                    {"source_uri": "/in/d2", "status": "failed", "reason": "stack not converted: /in/d1 failed"}])
+    file_failures = [{"source_uri": "/in/x", "series_key": None, "check": "missing", "detail": "no longer exists"}]
+    return series_rows, verify_rows, instances, file_failures
+
+
+def _data(max_rows: int = report_summary.MAX_ROWS) -> report_html.ReportData:
+    thumbs = {"a_middle.jpg": _jpeg(), "a_montage.jpg": _jpeg()}
+    # fed in two halves and merged, as the Beam combiner does across bundles
+    series_rows, verify_rows, instances, file_failures = _rows()
+    verified = {r["series_key"]: r for r in verify_rows}
+    halves = [report_summary.ReportSummary(max_rows), report_summary.ReportSummary(max_rows)]
+    for i, half in enumerate(halves):
+        for row in series_rows[i::2]:  # verify rows travel with their series (the CoGroupByKey)
+            v = verified.get(row["series_key"])
+            report_summary.add_element(half, report_summary.SERIES, ([row], [v] if v else []))
+        for row in instances[i::2]:
+            report_summary.add_element(half, report_summary.INSTANCE, row)
+        for row in file_failures[i::2]:
+            report_summary.add_element(half, report_summary.FILE, row)
+    summary = report_summary.merge(halves)
+    assert summary.counts == report_summary.summarize(*_rows(), max_rows=max_rows).counts
+    return report_html.ReportData(output="gs://bucket/out", summary=summary, thumbnails=thumbs, sample=3, seed=7)
 
 
 def test_the_page_holds_every_number_escaped():
@@ -169,20 +185,33 @@ def test_the_page_holds_every_number_escaped():
     assert "a sample of 3 converted series (seed 7)" in html and "gone.jpg not found" not in html
 
 
-def test_long_tables_are_cut_and_say_so(monkeypatch):
-    monkeypatch.setattr(report_html, "MAX_ROWS", 2)
-    dom_html = report_html.render_report(_data())
+def test_long_tables_are_cut_and_say_so():
+    dom_html = report_html.render_report(_data(max_rows=2))
     dom = parse_dom(dom_html)
     assert len(dom.tables["series"]) == 2 and dom.ids["series"]["data-total"] == "4"
+    assert [r[0] for r in dom.tables["series"]] == ["b<script>", "d"]  # the first two in page order, not any two
     assert "2 of 4 series listed." in dom_html and "2 of 3 failed files listed." in dom_html
+    assert [r[0] for r in dom.tables["failed-files"]] == ["/in/d1", "/in/d2"]
+    assert dom.totals()["files_failed"] == 3 and dom.totals()["instances_converted"] == 32
+
+
+def test_a_summary_holds_at_most_its_limits_whatever_it_was_fed():
+    summary = report_summary.ReportSummary(max_rows=10, max_thumbnails=3)
+    for i in range(1000):
+        report_summary.add_instance(summary, {"source_uri": f"/in/{999 - i:04d}", "status": "failed", "reason": "x: y"})
+        report_summary.add_verify(summary, {"series_key": f"k{i:04d}", "status": "ok", "checks_passed": 1,
+                                            "checks_failed": 0, "failures": [], "thumbnails": ["t.jpg"]})
+    assert len(summary.failed_files.pairs) <= 20 and len(summary.thumbnails.pairs) <= 6
+    assert [r["source_uri"] for r in summary.failed_files.items()] == [f"/in/{i:04d}" for i in range(10)]
+    assert [r["series_key"] for r in summary.thumbnails.items()] == ["k0000", "k0001", "k0002"]
+    assert summary.counts["files_failed"] == 1000 and summary.failed_reasons == {"x": 1000}
 
 
 def test_a_clean_run_says_so():
-    data = _data()
-    data.verify_rows = [data.verify_rows[0]]
-    data.file_failures, data.failed_files, data.failed_files_total, data.failed_reasons = [], [], 0, {}
-    data.series_rows = [r for r in data.series_rows if r["status"] == "converted"]
-    dom = parse_dom(report_html.render_report(data))
+    series_rows, verify_rows, instances, _ = _rows()
+    summary = report_summary.summarize([r for r in series_rows if r["status"] == "converted"], verify_rows[:1],
+                                       [r for r in instances if r["status"] != "failed"])
+    dom = parse_dom(report_html.render_report(report_html.ReportData(output="out", summary=summary)))
     assert dom.ids["verdict"]["data-status"] == "ok" and dom.ids["failures"]["data-total"] == "0"
     assert dom.ids["failed-files"]["data-total"] == "0"
     assert report_html.reason_class("not dicom: empty file") == "not dicom" and report_html.reason_class(None)

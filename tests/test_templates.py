@@ -155,6 +155,7 @@ REGEX_SAMPLES = {
     "overwrite": (["true", "false"], ["True", "1", "yes", "", "truefalse"]),
     "max_pixel_bytes": (["4294967296", "1"], ["0", "-1", "4GiB", "1e9", "", "1.5"]),
     "table_shards": (["1", "128"], ["0", "-1", "auto", "", "1.0"]),
+    "rows_per_shard": (["500000", "1000"], ["0", "-1", "", "5e5"]),
     "tilt": (["keep", "resample"], ["", "KEEP", "fail"]),
     "compression_level": (["1", "3", "9"], ["0", "10", "", "3.5"]),
     "previews": (["none", "middle", "all"], ["", "some"]),
@@ -179,11 +180,11 @@ def test_metadata_regexes_on_sample_values(name):
 
 def test_metadata_numbers_parse_as_their_options_do():
     actions = option_actions()
-    argv = [f"--{p['name']}={p['defaultValue']}" for p in metadata()["parameters"] if p.get("paramType") == "NUMBER"]
+    numbers = [p for p in metadata()["parameters"] if p.get("paramType") == "NUMBER"]
+    argv = [f"--{p['name']}={p['defaultValue']}" for p in numbers if "defaultValue" in p]
     opts = PipelineOptions(argv).get_all_options()  # shared (JobOptions) and convert flags alike
-    for param in metadata()["parameters"]:
-        if param.get("paramType") == "NUMBER":
-            assert opts[param["name"]] == actions[param["name"]].default
+    for param in numbers:  # a number without a default (table_shards: chosen from the rows) has none
+        assert opts[param["name"]] == actions[param["name"]].default
 
 
 # ---- Dockerfile -------------------------------------------------------------------------

@@ -186,3 +186,16 @@ def test_validate_refuses_an_output_without_summary(tmp_path):
         verify_job.run(["--output", str(tmp_path), *RUNNER_ARGS])
     with pytest.raises(SystemExit, match="--output required"):
         verify_job.run([*RUNNER_ARGS])
+
+
+def test_verify_tables_are_cut_at_rows_per_shard_and_the_report_still_counts_everything(verified, tmp_path):
+    out = str(tmp_path / "out")
+    shutil.copytree(verified, out)
+    verify_job.run(["--output", out, "--rows_per_shard", "2", "--report_thumbnails", "0", *RUNNER_ARGS])
+    shards = sorted(f for f in os.listdir(os.path.join(out, "verify")) if f.startswith("verify-"))
+    sizes = [pq.read_metadata(os.path.join(out, "verify", f)).num_rows for f in shards]
+    assert len(shards) >= sum(sizes) / 2 and max(sizes) <= 2 and all(f.endswith(f"-of-{len(shards):05d}.parquet")
+                                                                        for f in shards)
+    assert _verify_rows(out).keys() == _verify_rows(verified).keys()  # the union: every series, once
+    totals = parse_dom(storage.read_bytes(schemas.report_uri(out)).decode()).totals()
+    assert totals["series_checked"] == totals["series_ok"] == sum(sizes)

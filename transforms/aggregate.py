@@ -6,7 +6,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from dicom_io import aggregate, schemas
-from dicom_io.tables import SORT_KEYS, summary_encoder
+from dicom_io.tables import SORT_KEYS, TableSharding, summary_encoder
 from transforms.tables import WriteShardedFiles, WriteSummaryTables
 
 NAMES = (schemas.SUMMARY_SERIES_PREFIX, schemas.SUMMARY_INSTANCES_PREFIX)
@@ -15,14 +15,14 @@ NAMES = (schemas.SUMMARY_SERIES_PREFIX, schemas.SUMMARY_INSTANCES_PREFIX)
 class WriteSummaryPart(beam.PTransform):
     """{"series": rows, "instances": rows} -> OUT/summary/parts/{part}/{series,instances}-*.parquet."""
 
-    def __init__(self, output: str, part: str, num_shards: int = 1):
+    def __init__(self, output: str, part: str, sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._part, self._num_shards = output, aggregate.check_part(part), num_shards
+        self._output, self._part, self._sharding = output, aggregate.check_part(part), sharding
 
     def expand(self, tables):
         return {name: tables[name] | f"Part{name.title()}" >> WriteShardedFiles(
                     schemas.part_prefix(self._output, self._part, name), [("parquet", summary_encoder(name))],
-                    SORT_KEYS[name][0], self._num_shards)
+                    SORT_KEYS[name][0], self._sharding)
                 for name in NAMES}
 
 
@@ -56,11 +56,11 @@ class AggregateParts(beam.PTransform):
     `parts` maps each table name to its part files (dicom_io.aggregate.part_files, listed by the pipeline).
     """
 
-    def __init__(self, output: str, parts: dict[str, list[str]], num_shards: int = 1):
+    def __init__(self, output: str, parts: dict[str, list[str]], sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._parts, self._num_shards = output, parts, num_shards
+        self._output, self._parts, self._sharding = output, parts, sharding
 
     def expand(self, pbegin):
         tables = {name: pbegin | f"Union{name.title()}" >> UnionOfParts(self._parts.get(name, []), name)
                   for name in NAMES}
-        return tables | "WriteSummary" >> WriteSummaryTables(self._output, self._num_shards)
+        return tables | "WriteSummary" >> WriteSummaryTables(self._output, self._sharding)

@@ -5,15 +5,17 @@ Also ReadSummaryTable, which the verify job shares.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from dicom_io import datasets, schemas, storage, tables
 from dicom_io.errors import DicomflowError
+from dicom_io.tables import TableSharding
 from transforms.tables import WriteShardedFiles
 from transforms.headers import LOG, NAMESPACE
 
@@ -35,14 +37,8 @@ class ReadSummaryTable(beam.PTransform):
 
 # ---- user tables and images ------------------------------------------------------------------------
 
-def _read_checked(uri: str, columns: Sequence[str]) -> list[dict[str, Any]]:
-    rows = datasets.read_rows(uri)
-    datasets.require_columns(rows, columns, uri)
-    return rows
-
-
 class ReadUserTable(beam.PTransform):
-    """PBegin -> rows of a CSV/Parquet table (read on a worker, `_row` = its 0-based row), spread out."""
+    """PBegin -> rows of a CSV/Parquet table (streamed by one worker, `_row` = its 0-based row), spread out."""
 
     def __init__(self, uri: str, columns: Sequence[str] = ()):
         super().__init__()
@@ -52,7 +48,7 @@ class ReadUserTable(beam.PTransform):
         return (
             pbegin
             | "TableUri" >> beam.Create([self._uri])
-            | "ReadRows" >> beam.FlatMap(_read_checked, columns=self._columns)
+            | "ReadRows" >> beam.FlatMap(datasets.iter_checked_rows, columns=self._columns)
             | "Spread" >> beam.Reshuffle()
         )
 
@@ -137,26 +133,55 @@ class Join(beam.PTransform):
 
 # ---- outputs of both formats ---------------------------------------------------------------------
 
-class WriteDatasetFilesFn(beam.DoFn):
-    """One call: unmatched.csv and summary.json (and, for labels, dataset.json + train_dataset.csv)."""
+class WriteSummaryJsonFn(beam.DoFn):
+    """summary.json (one small dict of counts) -> OUT/datasets/{fmt}/summary.json."""
 
     def __init__(self, output: str, fmt: str):
         super().__init__()
         self._output, self._fmt = output, fmt
 
-    def process(self, _, unmatched, counts, entries=None):
-        unmatched = tables.sort_rows(unmatched, ("table", "row", "reason"))
-        files = {schemas.UNMATCHED_CSV: datasets.encode_csv(unmatched, schemas.UNMATCHED_COLUMNS),
-                 schemas.DATASET_SUMMARY_JSON: datasets.encode_json(datasets.summary(self._fmt, counts, unmatched))}
-        if entries is not None:
-            entries = sorted(entries, key=lambda e: e["study_id"])
-            rows = [r for e in entries for r in datasets.train_rows(e)]
-            labels = list(entries[0]["labels"]) if entries else []
-            files[schemas.LABELS_JSON] = datasets.encode_json(entries)
-            files[schemas.LABELS_CSV] = datasets.encode_csv(rows, datasets.TRAIN_COLUMNS + tuple(labels))
-        for name, data in files.items():
-            storage.write_bytes(schemas.dataset_uri(self._output, self._fmt, name), data)
-            yield name
+    def process(self, summary):
+        storage.write_bytes(schemas.dataset_uri(self._output, self._fmt, schemas.DATASET_SUMMARY_JSON),
+                            datasets.encode_json(summary))
+        yield schemas.DATASET_SUMMARY_JSON
+
+
+class CountByFn(beam.CombineFn):
+    """Elements -> {key_fn(element): count}: a bounded aggregate when the keys are few (splits, reasons)."""
+
+    def __init__(self, key_fn: Callable):
+        super().__init__()
+        self._key_fn = key_fn
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, counts, element):
+        counts[self._key_fn(element)] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = collections.Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts):
+        return dict(counts)
+
+
+class WriteUnmatched(beam.PTransform):
+    """Unmatched rows -> OUT/datasets/{fmt}/unmatched-IIIII-of-NNNNN.csv; returns {(table, reason): rows}."""
+
+    def __init__(self, output: str, fmt: str, sharding: TableSharding):
+        super().__init__()
+        self._prefix = schemas.dataset_uri(output, fmt, schemas.UNMATCHED_PREFIX)
+        self._sharding = sharding
+
+    def expand(self, unmatched):
+        unmatched | "WriteCsv" >> WriteShardedFiles(self._prefix, (("csv", datasets.encode_unmatched),), "record",
+                                                    self._sharding)
+        return unmatched | "CountByReason" >> beam.CombineGlobally(CountByFn(datasets.unmatched_reason))
 
 
 def _split_of_row(row: dict[str, Any]) -> str:
@@ -176,41 +201,45 @@ def _series_key_of(element: dict[str, Any]) -> str:
 
 
 class SplitCounts(beam.PTransform):
-    """Rows with a `split` -> {"<split>": n} and {"<split>": distinct patients}, as side-input-ready PCollections."""
+    """Rows with a `split` -> singletons {"<split>": n} and {"<split>": distinct patients}."""
 
     def expand(self, rows):
-        per_split = rows | "Splits" >> beam.Map(_split_of_row) | "CountRows" >> beam.combiners.Count.PerElement()
+        per_split = rows | "CountRows" >> beam.CombineGlobally(CountByFn(_split_of_row))
         patients = (rows | "SplitPatient" >> beam.Map(_split_and_patient) | "DistinctPatients" >> beam.Distinct()
-                    | "PatientSplit" >> beam.Map(_first) | "CountPatients" >> beam.combiners.Count.PerElement())
+                    | "CountPatients" >> beam.CombineGlobally(CountByFn(_first)))
         return {"rows": per_split, "patients": patients}
 
 
-def _vlm_counts(_, report_rows, pairs_by_split, patients_by_split, converted, with_pairs) -> dict[str, Any]:
-    return {"report_rows": report_rows, "pairs": sum(pairs_by_split.values()),
-            "pairs_by_split": {s: pairs_by_split.get(s, 0) for s in schemas.SPLITS},
-            "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
-            "series_converted": converted, "series_with_report": with_pairs,
-            "series_without_report": converted - with_pairs}
+def _vlm_counts(_, report_rows, pairs_by_split, patients_by_split, converted, with_pairs, unmatched) -> dict[str, Any]:
+    return datasets.summary(schemas.VLM, {
+        "report_rows": report_rows, "pairs": sum(pairs_by_split.values()),
+        "pairs_by_split": {s: pairs_by_split.get(s, 0) for s in schemas.SPLITS},
+        "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
+        "series_converted": converted, "series_with_report": with_pairs,
+        "series_without_report": converted - with_pairs}, unmatched)
 
 
-def _labels_counts(_, label_rows, description_rows, studies_by_split, patients_by_split, series_rows) -> dict[str, Any]:
-    return {"label_rows": label_rows, "series_description_rows": description_rows,
-            "studies": sum(studies_by_split.values()),
-            "studies_by_split": {s: studies_by_split.get(s, 0) for s in schemas.SPLITS},
-            "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
-            "train_rows": series_rows}
+def _labels_counts(_, label_rows, description_rows, studies_by_split, patients_by_split, series_rows,
+                   unmatched) -> dict[str, Any]:
+    return datasets.summary(schemas.LABELS, {
+        "label_rows": label_rows, "series_description_rows": description_rows,
+        "studies": sum(studies_by_split.values()),
+        "studies_by_split": {s: studies_by_split.get(s, 0) for s in schemas.SPLITS},
+        "patients_by_split": {s: patients_by_split.get(s, 0) for s in schemas.SPLITS},
+        "train_rows": series_rows}, unmatched)
 
 
 # ---- vlm ---------------------------------------------------------------------------------------------
 
 class BuildVlmPairs(beam.PTransform):
-    """PBegin -> image-text pairs: OUT/datasets/vlm/pairs-*.{jsonl,parquet}, unmatched.csv, summary.json."""
+    """PBegin -> image-text pairs: OUT/datasets/vlm/pairs-*.{jsonl,parquet}, unmatched-*.csv, summary.json."""
 
     PAIR_SORT = ("series_key", "pair_id")
 
-    def __init__(self, *, output: str, report_table: str, spec: datasets.VlmSpec, num_shards: int = 1):
+    def __init__(self, *, output: str, report_table: str, spec: datasets.VlmSpec,
+                 sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._report_table, self._spec, self._num_shards = output, report_table, spec, num_shards
+        self._output, self._report_table, self._spec, self._sharding = output, report_table, spec, sharding
 
     def expand(self, pbegin):
         series = pbegin | "ReadSeries" >> ReadSummaryTable(self._output, schemas.SUMMARY_SERIES_PREFIX)
@@ -224,17 +253,19 @@ class BuildVlmPairs(beam.PTransform):
                    ("parquet", functools.partial(tables.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
                                                  sort_keys=self.PAIR_SORT)))
         pairs | "WritePairs" >> WriteShardedFiles(
-            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._num_shards)
+            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._sharding)
         splits = pairs | "SplitCounts" >> SplitCounts()
         converted = series | "Converted" >> beam.Filter(_is_converted) | "CountConverted" >> beam.combiners.Count.Globally()
         with_pairs = (pairs | "PairSeries" >> beam.Map(_series_key_of) | "DistinctSeries" >> beam.Distinct()
                       | "CountSeriesWithPairs" >> beam.combiners.Count.Globally())
         report_rows = reports | "CountReportRows" >> beam.combiners.Count.Globally()
-        counts = pbegin | "One" >> beam.Create([None]) | "Counts" >> beam.Map(
-            _vlm_counts, AsSingleton(report_rows), AsDict(splits["rows"]), AsDict(splits["patients"]),
-            AsSingleton(converted), AsSingleton(with_pairs))
-        return pbegin | "Once" >> beam.Create([None]) | "WriteSummary" >> beam.ParDo(
-            WriteDatasetFilesFn(self._output, schemas.VLM), AsList(joined["unmatched"]), AsSingleton(counts))
+        unmatched = joined["unmatched"] | "WriteUnmatched" >> WriteUnmatched(self._output, schemas.VLM, self._sharding)
+        return (pbegin
+                | "Once" >> beam.Create([None])
+                | "Counts" >> beam.Map(_vlm_counts, AsSingleton(report_rows), AsSingleton(splits["rows"]),
+                                       AsSingleton(splits["patients"]), AsSingleton(converted),
+                                       AsSingleton(with_pairs), AsSingleton(unmatched))
+                | "WriteSummary" >> beam.ParDo(WriteSummaryJsonFn(self._output, schemas.VLM)))
 
 
 def _pair_record(element: dict[str, Any], split: datasets.SplitSpec) -> dict[str, Any]:
@@ -252,7 +283,7 @@ def _label_study(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 
 
 class StudyEntryFn(beam.DoFn):
-    """(study_id, {"labels": [...], "series": [...]}) -> dataset.json entry (main), unmatched rows (tagged)."""
+    """(study_id, {"labels": [...], "series": [...]}) -> dataset entry (main), unmatched rows (tagged)."""
 
     def __init__(self, spec: datasets.LabelSpec):
         super().__init__()
@@ -276,11 +307,13 @@ def _train_row_count(entry: dict[str, Any]) -> int:
 
 
 class BuildLabelDataset(beam.PTransform):
-    """PBegin -> OUT/datasets/labels/{dataset.json, train_dataset.csv, unmatched.csv, summary.json}."""
+    """PBegin -> OUT/datasets/labels/{dataset-*.json, train_dataset-*.csv, unmatched-*.csv, summary.json}."""
 
-    def __init__(self, *, output: str, labels_table: str, series_descriptions: str, spec: datasets.LabelSpec):
+    def __init__(self, *, output: str, labels_table: str, series_descriptions: str, spec: datasets.LabelSpec,
+                 sharding: TableSharding = TableSharding()):
         super().__init__()
         self._output, self._labels, self._descriptions, self._spec = output, labels_table, series_descriptions, spec
+        self._sharding = sharding
 
     def expand(self, pbegin):
         series = pbegin | "ReadSeries" >> ReadSummaryTable(self._output, schemas.SUMMARY_SERIES_PREFIX)
@@ -302,12 +335,21 @@ class BuildLabelDataset(beam.PTransform):
         splits = entries | "SplitCounts" >> SplitCounts()
         train_rows = (entries | "TrainRows" >> beam.Map(_train_row_count)
                       | "SumTrainRows" >> beam.CombineGlobally(sum))
-        counts = pbegin | "One" >> beam.Create([None]) | "Counts" >> beam.Map(
-            _labels_counts, AsSingleton(labels | "CountLabels" >> beam.combiners.Count.Globally()),
-            AsSingleton(descriptions | "CountDescriptions" >> beam.combiners.Count.Globally()),
-            AsDict(splits["rows"]), AsDict(splits["patients"]), AsSingleton(train_rows))
-        return pbegin | "Once" >> beam.Create([None]) | "WriteDataset" >> beam.ParDo(
-            WriteDatasetFilesFn(self._output, schemas.LABELS), AsList(unmatched), AsSingleton(counts), AsList(entries))
+        entries | "WriteEntries" >> WriteShardedFiles(
+            schemas.dataset_uri(self._output, schemas.LABELS, schemas.LABELS_PREFIX),
+            (("json", datasets.encode_entries),), "study_id", self._sharding)
+        entries | "WriteTrainCsv" >> WriteShardedFiles(
+            schemas.dataset_uri(self._output, schemas.LABELS, schemas.TRAIN_PREFIX),
+            (("csv", datasets.encode_train_rows),), "study_id", self._sharding)
+        unmatched_counts = unmatched | "WriteUnmatched" >> WriteUnmatched(self._output, schemas.LABELS, self._sharding)
+        return (pbegin
+                | "Once" >> beam.Create([None])
+                | "Counts" >> beam.Map(
+                    _labels_counts, AsSingleton(labels | "CountLabels" >> beam.combiners.Count.Globally()),
+                    AsSingleton(descriptions | "CountDescriptions" >> beam.combiners.Count.Globally()),
+                    AsSingleton(splits["rows"]), AsSingleton(splits["patients"]), AsSingleton(train_rows),
+                    AsSingleton(unmatched_counts))
+                | "WriteSummary" >> beam.ParDo(WriteSummaryJsonFn(self._output, schemas.LABELS)))
 
 
 def _description_key(row: dict[str, Any], spec: datasets.LabelSpec) -> str | None:

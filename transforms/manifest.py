@@ -10,10 +10,6 @@ import functools
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io import fileio
-from apache_beam.io.filebasedsink import FileBasedSink
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
@@ -22,9 +18,9 @@ from dicom_io.deid import DeidSettings, Deidentifier
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
-from dicom_io.tables import encode_parquet
+from dicom_io.tables import TableSharding, encode_parquet, encode_wide_tags, wide_sharding
 from transforms.counters import NAMESPACE, Counter, CountFn
-from transforms.inputs import ListInputs
+from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
 
 TAGS = "tags"
@@ -68,7 +64,7 @@ class ListFiles(beam.PTransform):
                     | "ListManifestUris" >> ListInputs(self._input_uri, self._manifest_column)
                     | "Stat" >> beam.ParDo(StatFn()))
         return (pbegin
-                | "MatchFiles" >> fileio.MatchFiles(spec.pattern)
+                | "MatchFiles" >> MatchSpread(spec.pattern)
                 | "PathSizeMtime" >> beam.Map(listing_of)
                 | "CountListed" >> beam.ParDo(CountFn("files_listed"))
                 | "Spread" >> beam.Reshuffle())
@@ -265,9 +261,13 @@ def series_bytes(row: dict) -> tuple[str, int]:
     return row["series_key"], row["n_bytes"]
 
 
-def shard_of_file(row: dict, assignment: dict[str, int]) -> tuple[int, tuple]:
+def bytes_of(item: tuple[str, int]) -> int:
+    return item[1]
+
+
+def shard_of_file(row: dict, assignment: manifest.ShardAssignment) -> tuple[int, tuple]:
     line = manifest.shard_row(row)
-    return assignment[line[2]], line
+    return assignment.shard_of(line[2]), line
 
 
 def remove_stale_shards(written: list[str], output: str) -> list[str]:
@@ -299,7 +299,8 @@ class WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """{"series": series rows, "instances": rows} -> num_shards CSVs of readable files, series whole, bytes balanced."""
+    """{"series": series rows, "instances": rows} -> num_shards CSVs of readable files, series whole, bytes balanced
+    (the HEAVY_SERIES largest series placed largest first, the rest by hash into the room left: bounded memory)."""
 
     def __init__(self, output: str, num_shards: int):
         super().__init__()
@@ -307,10 +308,11 @@ class WriteShards(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, tables):
-        assignment = (tables["series"]
-                      | "SeriesBytes" >> beam.Map(series_bytes)
-                      | "AllSeries" >> beam.combiners.ToList()
-                      | "AssignShards" >> beam.Map(manifest.assign_shards, self._num_shards))
+        sized = tables["series"] | "SeriesBytes" >> beam.Map(series_bytes)
+        total = sized | "BytesOnly" >> beam.Map(bytes_of) | "TotalBytes" >> beam.CombineGlobally(sum)
+        assignment = (sized
+                      | "HeaviestSeries" >> beam.combiners.Top.Smallest(manifest.HEAVY_SERIES, key=manifest.heavy_order)
+                      | "AssignShards" >> beam.Map(manifest.plan_assignment, AsSingleton(total), self._num_shards))
         files = (tables["instances"]
                  | "Readable" >> beam.Filter(is_readable)
                  | "ShardOfFile" >> beam.Map(shard_of_file, assignment=AsSingleton(assignment)))
@@ -330,73 +332,24 @@ class WriteManifestTable(WriteShardedFiles):
     """Rows (dicts matching `schema`) -> OUT/{name}-IIIII-of-NNNNN.parquet, deterministic shards
     sorted by `sort_keys` (the first one also picks the shard), like every dicomflow table."""
 
-    def __init__(self, output: str, name: str, schema: pa.Schema, num_shards: int = 1,
+    def __init__(self, output: str, name: str, schema: pa.Schema, sharding: TableSharding = TableSharding(),
                  sort_keys: tuple[str, ...] = ("uri",)):
         encoder = functools.partial(encode_parquet, schema=schema, sort_keys=sort_keys)
-        super().__init__(schemas.manifest_prefix(output, name), [("parquet", encoder)], sort_keys[0], num_shards)
-
-
-def unreadable_line(row: dict) -> str:
-    return manifest.csv_line([row["uri"], row["size_bytes"], row["reason"]])
+        super().__init__(schemas.manifest_prefix(output, name), [("parquet", encoder)], sort_keys[0], sharding)
 
 
 class WriteUnreadable(beam.PTransform):
     """Instances rows -> OUT/unreadable-*.csv (uri,size_bytes,reason) of the files that gave no record."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
         self._prefix = schemas.manifest_prefix(output, schemas.UNREADABLE_PREFIX)
-        self._num_shards = num_shards
+        self._sharding = sharding
 
     def expand(self, rows):
         return (rows
                 | "Unreadable" >> beam.Filter(is_unreadable)
-                | "CsvLine" >> beam.Map(unreadable_line)
-                | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", num_shards=self._num_shards,
-                                                    header=",".join(schemas.UNREADABLE_COLUMNS)))
-
-
-class _WideWriter:
-    """One open wide-table file: its handle, the ParquetWriter once the columns are known, buffered rows."""
-
-    def __init__(self, handle):
-        self.handle, self.schema, self.writer, self.rows = handle, None, None, []
-
-
-class WideTagsSink(FileBasedSink):
-    """Parquet shards whose columns come with the records, (columns, row): one schema in every shard.
-
-    Used per bundle (no shuffle after AlignToColumns), so the shared columns tuple is never re-encoded.
-    """
-
-    BATCH_ROWS = 256
-
-    def __init__(self, file_path_prefix: str):
-        super().__init__(file_path_prefix, coder=None, file_name_suffix=".parquet", num_shards=0,
-                         mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
-
-    def open(self, temp_path):
-        return _WideWriter(super().open(temp_path))
-
-    def write_record(self, state: _WideWriter, record):
-        columns, row = record
-        if state.schema is None:
-            state.schema = schemas.tags_schema(columns)
-        state.rows.append(row)
-        if len(state.rows) >= self.BATCH_ROWS:
-            self._flush(state)
-
-    def _flush(self, state: _WideWriter) -> None:
-        if state.writer is None:
-            state.writer = pq.ParquetWriter(state.handle, state.schema)
-        state.writer.write_table(pa.Table.from_pylist(state.rows, schema=state.schema))
-        state.rows.clear()
-
-    def close(self, state: _WideWriter):
-        state.schema = state.schema or schemas.tags_schema(())  # an empty shard still reads back
-        self._flush(state)
-        state.writer.close()
-        state.handle.close()
+                | "WriteCsv" >> WriteShardedFiles(self._prefix, (("csv", manifest.encode_unreadable),), "uri", self._sharding))
 
 
 def wide_tag_row(element: tuple[str, list[tags.TagEntry]]) -> dict[str, str]:
@@ -406,10 +359,6 @@ def wide_tag_row(element: tuple[str, list[tags.TagEntry]]) -> dict[str, str]:
 
 def long_tag_rows(element: tuple[str, list[tags.TagEntry]]) -> list[dict]:
     return tags.long_rows(*element)
-
-
-def align_to_columns(row: dict[str, str], columns: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
-    return columns, row
 
 
 class ColumnUnionFn(beam.CombineFn):
@@ -433,22 +382,21 @@ class ColumnUnionFn(beam.CombineFn):
 class WriteTagTables(beam.PTransform):
     """(uri, entries) -> OUT/tags-*.parquet (wide, union of columns) and OUT/tags_long-*.parquet."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
         self._output = output
-        self._num_shards = num_shards
+        self._sharding = sharding
 
     def expand(self, entries):
         wide = entries | "WideRow" >> beam.Map(wide_tag_row)
         columns = wide | "ColumnUnion" >> beam.CombineGlobally(ColumnUnionFn())
-        wide_files = (wide
-                      | "AlignToColumns" >> beam.Map(align_to_columns, columns=AsSingleton(columns))
-                      | "WriteWide" >> beam.io.Write(
-                          WideTagsSink(schemas.manifest_prefix(self._output, schemas.TAGS_PREFIX))))
+        wide_files = wide | "WriteWide" >> WriteShardedFiles(
+            schemas.manifest_prefix(self._output, schemas.TAGS_PREFIX), (("parquet", encode_wide_tags),), "uri",
+            wide_sharding(self._sharding), context=columns)
         long_files = (entries
                       | "LongRows" >> beam.FlatMap(long_tag_rows)
                       | "WriteLong" >> WriteManifestTable(self._output, schemas.TAGS_LONG_PREFIX,
-                                                          schemas.TAGS_LONG_SCHEMA, self._num_shards,
+                                                          schemas.TAGS_LONG_SCHEMA, self._sharding,
                                                           ("uri", "column")))
         return {"wide": wide_files, "long": long_files}
 
@@ -456,10 +404,11 @@ class WriteTagTables(beam.PTransform):
 class WriteManifest(beam.PTransform):
     """{"instances", "tags"} -> every manifest output under OUT (shards and tags when asked)."""
 
-    def __init__(self, output: str, *, table_shards: int = 1, num_shards: int | None = None, all_tags: bool = False):
+    def __init__(self, output: str, *, sharding: TableSharding = TableSharding(), num_shards: int | None = None,
+                 all_tags: bool = False):
         super().__init__()
         self._output = output
-        self._table_shards = table_shards
+        self._sharding = sharding
         self._num_shards = num_shards
         self._all_tags = all_tags
 
@@ -470,15 +419,15 @@ class WriteManifest(beam.PTransform):
                   | "SummarizeSeries" >> SummarizeSeries())
         written = {
             "instances": instances | "InstancesTable" >> WriteManifestTable(
-                self._output, schemas.MANIFEST_INSTANCES_PREFIX, schemas.MANIFEST_INSTANCES_SCHEMA, self._table_shards),
+                self._output, schemas.MANIFEST_INSTANCES_PREFIX, schemas.MANIFEST_INSTANCES_SCHEMA, self._sharding),
             "series": series | "SeriesTable" >> WriteManifestTable(
-                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._table_shards,
+                self._output, schemas.MANIFEST_SERIES_PREFIX, schemas.MANIFEST_SERIES_SCHEMA, self._sharding,
                 ("series_key", "series_instance_uid")),
-            "unreadable": instances | "UnreadableCsv" >> WriteUnreadable(self._output, self._table_shards),
+            "unreadable": instances | "UnreadableCsv" >> WriteUnreadable(self._output, self._sharding),
         }
         if self._num_shards:
             written["shards"] = {"series": series, "instances": instances} | "WriteShards" >> WriteShards(
                 self._output, self._num_shards)
         if self._all_tags:
-            written[TAGS] = crawled[TAGS] | "TagTables" >> WriteTagTables(self._output, self._table_shards)
+            written[TAGS] = crawled[TAGS] | "TagTables" >> WriteTagTables(self._output, self._sharding)
         return written

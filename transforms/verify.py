@@ -9,10 +9,9 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
-from dicom_io import report_html, schemas, storage, verify
-from dicom_io.tables import encode_parquet
+from dicom_io import report_html, report_summary, schemas, storage, verify
+from dicom_io.tables import TableSharding, encode_parquet
 from dicom_io.verify import VerifySettings
 from transforms.dataset import ReadSummaryTable
 from transforms.tables import WriteShardedFiles
@@ -154,9 +153,9 @@ class VerifyOutput(beam.PTransform):
 class WriteVerifyTables(beam.PTransform):
     """{"verify": rows, "files": rows} -> OUT/verify/verify-*.parquet and OUT/verify/files-*.parquet."""
 
-    def __init__(self, output: str, num_shards: int = 1):
+    def __init__(self, output: str, sharding: TableSharding = TableSharding()):
         super().__init__()
-        self._output, self._num_shards = output, num_shards
+        self._output, self._sharding = output, sharding
 
     def expand(self, tables):
         verify_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_SCHEMA,
@@ -164,77 +163,92 @@ class WriteVerifyTables(beam.PTransform):
         files_format = (("parquet", functools.partial(encode_parquet, schema=schemas.VERIFY_FILES_SCHEMA,
                                                       sort_keys=FILES_SORT)),)
         written_verify = tables["verify"] | "VerifyTable" >> WriteShardedFiles(
-            schemas.verify_prefix(self._output, schemas.VERIFY_PREFIX), verify_format, "series_key", self._num_shards)
+            schemas.verify_prefix(self._output, schemas.VERIFY_PREFIX), verify_format, "series_key", self._sharding)
         written_files = tables["files"] | "FilesTable" >> WriteShardedFiles(
             schemas.verify_prefix(self._output, schemas.VERIFY_FILES_PREFIX), files_format, "source_uri",
-            self._num_shards)
+            self._sharding)
         return {"verify": written_verify, "files": written_files}
 
 
-def _status(row: dict[str, Any]) -> str:
-    return row["status"]
+def _series_element(element: tuple[str, Any]) -> tuple[str, tuple[list, list]]:
+    _, grouped = element
+    return report_summary.SERIES, (list(grouped["series"]), list(grouped["verify"]))
 
 
-def _is_failed(row: dict[str, Any]) -> bool:
-    return row.get("status") == schemas.FAILED
+def _file_element(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return report_summary.FILE, row
 
 
-def _failure_class(row: dict[str, Any]) -> str:
-    return report_html.reason_class(row.get("reason"))
+def _instance_element(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return report_summary.INSTANCE, {k: row.get(k) for k in ("source_uri", "status", "reason")}
 
 
-def _source_uri(row: dict[str, Any]) -> str:
-    return row["source_uri"]
+class SummarizeReportFn(beam.CombineFn):
+    """Tagged series / file / instance elements -> one ReportSummary: counts and the first N rows of each listing."""
+
+    def __init__(self, max_rows: int, max_thumbnails: int):
+        super().__init__()
+        self._max_rows, self._max_thumbnails = max_rows, max_thumbnails
+
+    def create_accumulator(self):
+        return report_summary.ReportSummary(self._max_rows, self._max_thumbnails)
+
+    def add_input(self, summary, element):
+        return report_summary.add_element(summary, *element)
+
+    def merge_accumulators(self, summaries):
+        return report_summary.merge(summaries)
+
+    def extract_output(self, summary):
+        return summary
 
 
 class WriteReportFn(beam.DoFn):
-    """One call: gather the side inputs and the embedded thumbnails, write the HTML report."""
+    """ReportSummary -> the HTML report, with the thumbnails of the summary's bounded sample embedded."""
 
-    def __init__(self, output: str, report_uri: str, sample: int | None, seed: int, max_thumbnails: int):
+    def __init__(self, output: str, report_uri: str, sample: int | None, seed: int):
         super().__init__()
-        self._output, self._report_uri = output, report_uri
-        self._sample, self._seed, self._max_thumbnails = sample, seed, max_thumbnails
+        self._output, self._report_uri, self._sample, self._seed = output, report_uri, sample, seed
 
-    def _thumbnails(self, verify_rows: list[dict[str, Any]]) -> dict[str, bytes]:
-        ordered = sorted(verify_rows, key=lambda r: (r["status"] == schemas.OK, r["series_key"]))
-        names = [n for r in ordered[: self._max_thumbnails] for n in r.get("thumbnails") or []]
+    def _thumbnails(self, summary: report_summary.ReportSummary) -> dict[str, bytes]:
         found = {}
-        for name in names:
+        for name in (n for row in summary.thumbnails.items() for n in row.get("thumbnails") or []):
             uri = schemas.thumbnail_uri(self._output, name)
             if storage.exists(uri):
                 found[name] = storage.read_bytes(uri)
         return found
 
-    def process(self, _, verify_rows, file_failures, series_rows, instance_counts, failed_total, failed_reasons,
-                failed_files):
-        data = report_html.ReportData(
-            output=self._output, verify_rows=verify_rows, series_rows=series_rows, instance_counts=instance_counts,
-            failed_files=failed_files, failed_files_total=failed_total, failed_reasons=failed_reasons,
-            file_failures=file_failures, thumbnails=self._thumbnails(verify_rows), sample=self._sample, seed=self._seed)
+    def process(self, summary):
+        data = report_html.ReportData(output=self._output, summary=summary, thumbnails=self._thumbnails(summary),
+                                      sample=self._sample, seed=self._seed)
         storage.write_bytes(self._report_uri, report_html.render_report(data).encode("utf-8"))
         yield self._report_uri
 
 
 class WriteReport(beam.PTransform):
-    """{"verify", "files", "series", "instances"} -> the self-contained HTML report at `report_uri`."""
+    """{"verify", "files", "series", "instances"} -> the self-contained HTML report at `report_uri`.
+
+    Series and verify rows are joined by CoGroupByKey; the page is rendered from one bounded aggregate
+    (report_summary), so no worker ever holds every row."""
 
     def __init__(self, output: str, report_uri: str, sample: int | None = None, seed: int = 0,
-                 max_thumbnails: int = 50):
+                 max_thumbnails: int = 50, max_rows: int = report_summary.MAX_ROWS):
         super().__init__()
-        self._fn = WriteReportFn(output, report_uri, sample, seed, max_thumbnails)
+        self._summarize = SummarizeReportFn(max_rows, max_thumbnails)
+        self._fn = WriteReportFn(output, report_uri, sample, seed)
 
     def expand(self, tables):
-        instances = tables["instances"]
-        counts = instances | "Statuses" >> beam.Map(_status) | "CountStatuses" >> beam.combiners.Count.PerElement()
-        failed = instances | "FailedFiles" >> beam.Filter(_is_failed)
-        failed_total = failed | "CountFailed" >> beam.combiners.Count.Globally()
-        reasons = (failed | "ReasonClass" >> beam.Map(_failure_class)
-                   | "CountReasons" >> beam.combiners.Count.PerElement())
-        listed = failed | "FirstFailed" >> beam.combiners.Top.Smallest(report_html.MAX_ROWS, key=_source_uri)
+        series = (
+            {"series": tables["series"] | "KeySeriesRows" >> beam.Map(_by_series_key),
+             "verify": tables["verify"] | "KeyVerifyRows" >> beam.Map(_by_series_key)}
+            | "JoinVerified" >> beam.CoGroupByKey()
+            | "SeriesElements" >> beam.Map(_series_element)
+        )
+        files = tables["files"] | "FileElements" >> beam.Map(_file_element)
+        instances = tables["instances"] | "InstanceElements" >> beam.Map(_instance_element)
         return (
-            tables["verify"].pipeline
-            | "Once" >> beam.Create([None])
-            | "Render" >> beam.ParDo(self._fn, AsList(tables["verify"]), AsList(tables["files"]),
-                                     AsList(tables["series"]), AsDict(counts), AsSingleton(failed_total),
-                                     AsDict(reasons), AsSingleton(listed))
+            (series, files, instances)
+            | "AllElements" >> beam.Flatten()
+            | "Summarize" >> beam.CombineGlobally(self._summarize)
+            | "Render" >> beam.ParDo(self._fn)
         )
