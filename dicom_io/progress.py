@@ -68,6 +68,16 @@ class _Tally:
 _TALLY = _Tally()
 
 
+def _reset_after_fork() -> None:
+    """A forked worker (dicom_io.workers) counts from zero into its own file."""
+    global _TALLY
+    _TALLY = _Tally()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def add(name: str, n: int = 1) -> None:
     """Count `n` more of `name` (files_listed, files_read, series_written, bytes_written, ...)."""
     if n:

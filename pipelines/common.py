@@ -51,6 +51,9 @@ class JobOptions(PipelineOptions):
         parser.add_argument("--table_shards", type=int, default=None,
                             help="Files per table, forced (default: as few as keep --rows_per_shard)")
         parser.add_argument("--rows_per_shard", type=int, default=500_000, help="Most rows per table file")
+        parser.add_argument("--processes", type=int, default=None,
+                            help="Processes per Beam worker for header parsing and volume assembly (default: "
+                                 "every core on a local in-process run, 1 on Dataflow or with --direct_num_workers)")
 
 
 class PixelOptions(PipelineOptions):

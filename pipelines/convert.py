@@ -16,6 +16,7 @@ from dicom_io import aggregate, previews, schemas
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import (DeidOptions, JobOptions, PixelOptions, deid_settings, parse_bool, quiet_main,
                               require, run_job)
+from pipelines import localrun
 from pipelines.report import print_summary
 from pipelines.sharding import table_sharding
 from transforms.convert import ConvertToVolumes
@@ -92,7 +93,8 @@ def build(pipeline: beam.Pipeline, opts: ConvertOptions) -> dict:
     settings = settings_of(opts)
     tables = pipeline | "Convert" >> ConvertToVolumes(
         input_uri=shared.input, settings=settings, manifest_column=shared.manifest_column,
-        deid=deid_settings("convert", opts), label_column=settings.previews.label_column)
+        deid=deid_settings("convert", opts), label_column=settings.previews.label_column,
+        processes=localrun.processes_per_worker(opts, shared.processes))
     written = tables | "WriteSummary" >> WriteSummaryTables(shared.output, table_sharding(opts))
     part = summary_part_of(opts)
     if part:

@@ -10,10 +10,12 @@ DirectRunner means the FnApiRunner (what DirectRunner falls back to), built here
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+from dicom_io.workers import default_processes
 
 LOCAL_RUNNER_NAMES = ("", "direct", "directrunner")
 
@@ -22,6 +24,17 @@ def is_local(options: PipelineOptions) -> bool:
     """True when --runner is unset or names the DirectRunner."""
     runner = options.view_as(StandardOptions).runner
     return isinstance(runner, str | None) and (runner or "").lower() in LOCAL_RUNNER_NAMES
+
+
+def processes_per_worker(options: PipelineOptions, requested: int | None) -> int:
+    """Forked processes per Beam worker (dicom_io.workers): `requested`, else every core when the run is
+    local and in-process, else 1 (Dataflow runs one SDK process per core; Beam's multi-process mode has
+    its own worker processes)."""
+    if requested:
+        return requested
+    direct = options.view_as(DirectOptions)
+    in_process = direct.direct_num_workers == 1 and direct.direct_running_mode in (None, "in_memory")
+    return default_processes() if is_local(options) and in_process else 1
 
 
 def runner_for(options: PipelineOptions, argv: list[str]) -> fn_runner.FnApiRunner | None:

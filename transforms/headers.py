@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io import progress, schemas, storage
-from dicom_io.deid import DeidSettings, Deidentifier, burned_in_reason
-from dicom_io.errors import DicomflowError, NoPixelDataError
-from dicom_io.header import InstanceHeader, read_header
+from dicom_io import progress, schemas
+from dicom_io.deid import DeidSettings, burned_in_reason
+from dicom_io.header import InstanceHeader
+from dicom_io.header_pass import HEADER, read_batch, read_listed
+from dicom_io.workers import Pool
+from transforms.bundles import in_global_window
 from transforms.counters import LOG, NAMESPACE, Counter
 
 __all__ = ["DropLocalizers", "LOG", "NAMESPACE", "ReadHeaderFn", "ReadHeaders", "RouteInstancesFn"]
@@ -18,45 +18,64 @@ PROGRESS_EVERY = 1000
 
 
 class ReadHeaderFn(beam.DoFn):
-    """(uri, size) -> InstanceHeader; unreadable files -> tagged instance rows with the reason."""
+    """(uri, size, label) -> InstanceHeader; unreadable files -> tagged instance rows with the reason.
+
+    `processes` > 1 (local runs): files are parsed in batches of BATCH in forked processes
+    (dicom_io.workers); what is in flight at the end of a bundle is emitted from finish_bundle.
+    """
 
     REJECTED = "rejected"
+    BATCH = 64
 
-    def __init__(self, deid: DeidSettings | None = None):
+    def __init__(self, deid: DeidSettings | None = None, processes: int = 1):
         super().__init__()
         self._deid_settings = deid
+        self._processes = processes
 
     def setup(self):
-        self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
+        self._workers = Pool(self._processes)
+        self._batch: list = []
         self.read = Counter("files_read")
         self.failed = Counter("files_failed")
         self.skipped = Counter("files_skipped")
         self._seen = 0
 
     def process(self, element: tuple[str, int | None, str | None]):
-        uri, size, label = element
-        self.read.inc()
-        self._seen += 1
-        if self._seen % PROGRESS_EVERY == 0:
-            LOG.info("this worker has read %d headers (latest %s)", self._seen, uri)
-        try:
-            size = storage.size_of(uri) if size is None else size
-            with storage.open_read(uri) as fp:
-                header = read_header(fp, uri, size)
-            header = dataclasses.replace(header, label=label) if label is not None else header
-            yield self._deid.header(header) if self._deid else header
-        except NoPixelDataError as exc:
-            self.skipped.inc()
-            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.SKIPPED, str(exc)))
-        except FileNotFoundError as exc:
-            self.failed.inc()
-            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.FAILED, f"source disappeared: {exc}"))
-        except (DicomflowError, OSError) as exc:
-            self.failed.inc()
-            yield TaggedOutput(self.REJECTED, schemas.instance_row(uri, schemas.FAILED, str(exc)))
+        if self._processes == 1:
+            yield from self._outputs([read_listed(element, self._deid_settings)])
+            return
+        self._batch.append(element)
+        if len(self._batch) >= self.BATCH:
+            batch, self._batch = self._batch, []
+            for _, outcomes in self._workers.submit(read_batch, (batch, self._deid_settings)):
+                yield from self._outputs(outcomes)
 
     def finish_bundle(self):
+        if self._batch:
+            batch, self._batch = self._batch, []
+            pending = list(self._workers.submit(read_batch, (batch, self._deid_settings)))
+        else:
+            pending = []
+        for _, outcomes in [*pending, *self._workers.drain()]:
+            for out in self._outputs(outcomes):
+                yield (TaggedOutput(out.tag, in_global_window(out.value)) if isinstance(out, TaggedOutput)
+                       else in_global_window(out))
         progress.flush()
+
+    def teardown(self):
+        self._workers.close()
+
+    def _outputs(self, outcomes):
+        for kind, value in outcomes:
+            self.read.inc()
+            self._seen += 1
+            if self._seen % PROGRESS_EVERY == 0:
+                LOG.info("this worker has read %d headers", self._seen)
+            if kind == HEADER:
+                yield value
+            else:
+                (self.skipped if kind == schemas.SKIPPED else self.failed).inc()
+                yield TaggedOutput(self.REJECTED, value)
 
 
 class RouteInstancesFn(beam.DoFn):
@@ -89,12 +108,13 @@ class RouteInstancesFn(beam.DoFn):
 class ReadHeaders(beam.PTransform):
     """(uri, size) -> {"headers": InstanceHeader (de-identified when asked), "rejected": instance rows}."""
 
-    def __init__(self, deid: DeidSettings | None = None):
+    def __init__(self, deid: DeidSettings | None = None, processes: int = 1):
         super().__init__()
         self._deid = deid
+        self._processes = processes
 
     def expand(self, files):
-        results = files | "ParseHeader" >> beam.ParDo(ReadHeaderFn(self._deid)).with_outputs(
+        results = files | "ParseHeader" >> beam.ParDo(ReadHeaderFn(self._deid, self._processes)).with_outputs(
             ReadHeaderFn.REJECTED, main="headers")
         return {"headers": results.headers, "rejected": results[ReadHeaderFn.REJECTED]}
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io.convert import ConvertSettings, convert_stack, exclusion_rows, merge_instance_rows, pixel_digest
-from dicom_io.header import InstanceHeader
-from dicom_io.plan import MISSING_SERIES_PREFIX, plan_series
 from dicom_io import progress
+from dicom_io.convert import ConvertSettings
+from dicom_io.header import InstanceHeader
+from dicom_io.plan import MISSING_SERIES_PREFIX
+from dicom_io.series import SeriesResult, convert_series
+from dicom_io.workers import Pool
+from transforms.bundles import in_global_window
 from transforms.counters import LOG, Counter
 
 
@@ -21,17 +21,21 @@ def series_uid_of(h: InstanceHeader) -> tuple[str, InstanceHeader]:
 
 
 class ConvertSeriesFn(beam.DoFn):
-    """(SeriesInstanceUID, headers) -> series rows (main) and instance rows (tagged)."""
+    """(SeriesInstanceUID, headers) -> series rows (main) and instance rows (tagged).
+
+    `processes` > 1 (local runs): series are converted in forked processes (dicom_io.workers), and
+    whatever is still in flight at the end of a bundle is emitted from finish_bundle.
+    """
 
     INSTANCES = "instances"
 
-    def __init__(self, settings: ConvertSettings, decode_threads: int = 8):
+    def __init__(self, settings: ConvertSettings, processes: int = 1):
         super().__init__()
         self._settings = settings
-        self._decode_threads = decode_threads
+        self._processes = processes
 
     def setup(self):
-        self._pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="dicomflow-decode")
+        self._workers = Pool(self._processes)
         self.converted = Counter("series_converted", shown_as="series_written")
         self.reused = Counter("series_reused")
         self.failed = Counter("series_failed")
@@ -40,26 +44,28 @@ class ConvertSeriesFn(beam.DoFn):
 
     def process(self, element: tuple[str, list[InstanceHeader]]):
         series_uid, headers = element
-        try:
-            digest = partial(pixel_digest, max_bytes=self._settings.max_pixel_bytes)
-            plan = plan_series(series_uid, headers, digest)
-            rows = exclusion_rows(plan)
-            self.duplicates.inc(len(rows))
-            for stack in plan.stacks:
-                result = convert_stack(stack, self._settings, self._pool)
-                self._count(result)
-                yield result.series
-                rows.extend(result.instances)
-            for row in merge_instance_rows(rows):
-                yield TaggedOutput(self.INSTANCES, row)
-        except Exception as exc:
-            raise RuntimeError(f"series {series_uid!r}: {type(exc).__name__}: {exc}") from exc
+        for _, result in self._workers.submit(convert_series, (series_uid, list(headers), self._settings)):
+            yield from self._outputs(result)
 
     def finish_bundle(self):
+        for _, result in self._workers.drain():
+            for out in self._outputs(result):
+                if isinstance(out, TaggedOutput):
+                    yield TaggedOutput(out.tag, in_global_window(out.value))
+                else:
+                    yield in_global_window(out)
         progress.flush()
 
     def teardown(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._workers.close()
+
+    def _outputs(self, result: SeriesResult):
+        self.duplicates.inc(result.duplicates)
+        for stack in result.stacks:
+            self._count(stack)
+            yield stack.series
+        for row in result.instances:
+            yield TaggedOutput(self.INSTANCES, row)
 
     def _count(self, result) -> None:
         row = result.series
@@ -77,16 +83,17 @@ class ConvertSeriesFn(beam.DoFn):
 class ConvertSeries(beam.PTransform):
     """InstanceHeader -> {"series": series rows, "instances": instance rows}."""
 
-    def __init__(self, settings: ConvertSettings):
+    def __init__(self, settings: ConvertSettings, processes: int = 1):
         super().__init__()
         self._settings = settings
+        self._processes = processes
 
     def expand(self, headers):
         results = (
             headers
             | "KeyBySeries" >> beam.Map(series_uid_of)
             | "GroupBySeries" >> beam.GroupByKey()
-            | "AssembleVolumes" >> beam.ParDo(ConvertSeriesFn(self._settings)).with_outputs(
+            | "AssembleVolumes" >> beam.ParDo(ConvertSeriesFn(self._settings, self._processes)).with_outputs(
                 ConvertSeriesFn.INSTANCES, main="series")
         )
         return {"series": results.series, "instances": results[ConvertSeriesFn.INSTANCES]}
