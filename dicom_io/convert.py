@@ -12,15 +12,16 @@ import csv
 import hashlib
 import io
 import json
+import zlib
 from collections import deque
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import numpy as np
 
 from dicom_io import geometry, pixels, previews, resample, schemas, storage
-from dicom_io.errors import DicomflowError, StorageError
+from dicom_io.errors import DicomflowError, StorageError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
 from dicom_io.volume import ARRAY_NAME, COMPRESSION_LEVEL, VolumeWriter, choose_layout, slice_md5
@@ -156,8 +157,8 @@ def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
 def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> tuple[InstanceHeader, list, list[str]]:
     """Read and decode one instance, keep `frames` (in that order) cast to `dtype`, with their MD5s."""
     try:
-        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
-            size = fp.seek(0, 2)
+        with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+            size = fp.seek(0, 2) if storage.compression_of(h.source_uri) is None else storage.size_of(h.source_uri)
             if size != h.size_bytes:  # the header pass described another file
                 raise StackFailed(h, f"source changed since its header was read ({h.size_bytes} -> {size} bytes)")
             fp.seek(0)
@@ -165,8 +166,10 @@ def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> t
         planes = [pixels.to_stored(decoded[f], dtype) for f in frames]
     except FileNotFoundError as exc:
         raise StackFailed(h, f"source disappeared: {exc}") from exc
-    except (StorageError, StackFailed):
+    except (StorageError, StackFailed, ValuesDoNotFitError):
         raise
+    except (EOFError, zlib.error) as exc:  # a truncated or corrupt .gz source
+        raise StackFailed(h, f"decode error: compressed file unreadable: {type(exc).__name__}: {exc}") from exc
     except DicomflowError as exc:
         raise StackFailed(h, str(exc)) from exc
     except ArithmeticError as exc:  # absurd rescale values
@@ -253,8 +256,22 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
     layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     slice_previews = _SlicePreviews(plan, dicom, settings, executor)
+    try:
+        rows = _stream(plan, writer, slice_previews, _loaded(plan, max_bytes, executor), grid)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    slice_previews.wait()
+    if settings.previews.mode == "middle":
+        _series_previews(uri, dicom, settings, plan.series_key, rows)
+    return rows
+
+
+def _stream(plan: StackPlan, writer: VolumeWriter, slice_previews: _SlicePreviews, loaded: Iterator[tuple],
+            grid: resample.Grid | None) -> list[dict[str, Any]]:
+    """Append every decoded plane (resampled through `grid` when given); the slices CSV rows."""
     rows: list[dict[str, Any]] = []
-    loaded = _loaded(plan, max_bytes, executor)
     if grid is None:
         for refs, planes, digests in loaded:
             for ref, plane, digest in zip(refs, planes, digests):
@@ -268,10 +285,6 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
             ref = plan.slices[grid.sources[z][0]]
             rows.append(_slice_row(z, ref, grid.positions[z], slice_md5(plane)))
             slice_previews.add(rows[-1], ref, plane)
-    writer.close()
-    slice_previews.wait()
-    if settings.previews.mode == "middle":
-        _series_previews(uri, dicom, settings, plan.series_key, rows)
     return rows
 
 
@@ -295,13 +308,13 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}"
 
 
-def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
+def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {**dicom, "status": schemas.CONVERTED, "reason": "",
             "zarr_uri": schemas.zarr_uri(settings.output, plan.series_key),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
             "provenance": {"pipeline_version": PIPELINE_VERSION,
-                           "input_fingerprint": _fingerprint(plan, settings),
+                           "input_fingerprint": fingerprint,
                            "source_count": len(plan.instances)}}
 
 
@@ -341,6 +354,23 @@ def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) ->
     return StackResult(schemas.series_row(record), instances)
 
 
+def _write_widening(plan: StackPlan, zarr_uri: str, settings: ConvertSettings, executor: Executor | None
+                    ) -> tuple[StackPlan, dict[str, Any], list[dict[str, Any]]]:
+    """Write the volume in the plan's dtype; when a decoded value does not fit, redo it one type wider."""
+    grid = output_grid(plan, settings)
+    while True:
+        dicom = dicom_attributes(plan, grid)
+        try:
+            return plan, dicom, _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
+                                              settings, executor, grid)
+        except ValuesDoNotFitError as exc:
+            wider = pixels.wider_dtype(plan.dtype)
+            if wider is None:
+                raise StackFailed(None, f"invalid image: {exc}") from exc
+            storage.remove_tree(zarr_uri)
+            plan = replace(plan, dtype=wider)
+
+
 def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor | None = None) -> StackResult:
     """Write (or reuse, when committed with the same inputs) one stack's volume, CSV and JSON.
 
@@ -359,15 +389,13 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     if plan.ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "fail":
         reason = f"irregular spacing (largest step {plan.ordering.max_gap:.3f} mm) and --irregular=fail"
         return _failed(plan, StackFailed(None, reason), settings)
-    grid = output_grid(plan, settings)
-    dicom = dicom_attributes(plan, grid)
+    fingerprint = _fingerprint(plan, settings)  # of the plan as planned, whatever dtype it ends in
     try:
-        slices = _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                               settings, executor, grid)
+        plan, dicom, slices = _write_widening(plan, zarr_uri, settings, executor)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
-    record = _record(plan, settings, dicom)
+    record = _record(plan, settings, dicom, fingerprint)
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
     written += storage.tree_size(zarr_uri)
     return StackResult(schemas.series_row(record), _converted_rows(plan), written, slices=slices)
@@ -376,7 +404,7 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
 def pixel_digest(h: InstanceHeader, max_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES) -> str:
     """MD5 of an instance's decoded values (for identical-pixel duplicates); undecodable: unique."""
     try:
-        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+        with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
             values = pixels.decode(fp, h, max_bytes)
     except (DicomflowError, FileNotFoundError):
         return f"undecodable:{h.source_uri}"

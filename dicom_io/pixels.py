@@ -19,8 +19,8 @@ from pydicom.uid import AllTransferSyntaxes
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
-from dicom_io import codestream, deflate
-from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError
+from dicom_io import codestream, deflate, storage
+from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader, ensure_transfer_syntax
 
 DEFAULT_MAX_PIXEL_BYTES = 4 * 1024**3  # 4 GiB decoded per instance
@@ -67,7 +67,8 @@ def check_size(h: InstanceHeader, max_bytes: int) -> None:
         raise PixelBombError(f"pixel data too large: header declares {size} bytes decoded (limit {max_bytes})")
     if h.photometric == "YBR_FULL_422":  # uncompressed 4:2:2 stores 2 samples per pixel, not 3
         size = size * 2 // 3
-    if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and size > h.size_bytes:
+    stored_plain = storage.compression_of(h.source_uri) is None  # a .gz file is smaller than its pixels
+    if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and stored_plain and size > h.size_bytes:
         raise DecodeError(f"decode error: pixel data shorter than declared ({h.size_bytes} byte file, {size} declared)")
 
 
@@ -196,6 +197,15 @@ def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+# Integer volumes start as int16 and are redone one step wider when a decoded value does not fit.
+WIDER_DTYPE = {"int16": "int32", "int32": "float32"}
+
+
+def wider_dtype(dtype: str) -> str | None:
+    """The next volume dtype to try after ValuesDoNotFitError, None when there is none."""
+    return WIDER_DTYPE.get(dtype)
+
+
 def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     """Cast rescaled values to the volume dtype, refusing any value the cast would change."""
     target = np.dtype(dtype)
@@ -206,12 +216,12 @@ def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     if arr.dtype.kind in "iu" and target.kind in "iu":  # integers: the range decides, two cheap passes
         info = np.iinfo(target)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+            raise ValuesDoNotFitError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
         return arr.astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(target)
     if target.kind == "f" and not np.all(np.isfinite(out)):
         raise InconsistentSeriesError(f"invalid image: values exceed {dtype} (range {arr.min()}..{arr.max()})")
     if target.kind in "iu" and not np.array_equal(out, arr):
-        raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+        raise ValuesDoNotFitError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
     return out

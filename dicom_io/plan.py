@@ -19,7 +19,6 @@ from dicom_io.keys import series_key
 
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 MISSING_SERIES_PREFIX = "no-series-uid:"  # group key of an instance without (0020,000E)
-INT16_MIN, INT16_MAX = -32768, 32767
 
 # Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried.
 SPLIT_ATTRIBUTES = ("orientation", "shape", "echo", "temporal_position", "b_value", "multiframe_instance")
@@ -217,11 +216,12 @@ def _split_repeats(slices: list[SliceRef]) -> tuple[str, list[list[SliceRef]]]:
 
 
 def choose_dtype(slices: Sequence[SliceRef]) -> str:
-    """int16 when every rescaled value the headers allow is an integer in int16, else float32.
+    """The dtype a stack starts in: int16 when every slice's rescale keeps values integers, else float32.
 
-    Colour keeps its sample size (uint8/16/32; palette expands to uint8). The range comes from
-    (0028,0101) BitsStored and (0028,0103) PixelRepresentation with each slice's own slope and
-    intercept ((0028,1053)/(0028,1052), or the frame's Pixel Value Transformation).
+    int16 is a first try, not a promise: the values decide (convert redoes the stack in
+    pixels.wider_dtype when a decoded value does not fit), so CT with (0028,1052) RescaleIntercept
+    -1024 on signed 16-bit storage stays int16 HU when its values fit. Colour keeps its sample size
+    (uint8/16/32; palette expands to uint8). Float pixel data and Modality LUT Sequences: float32.
     """
     first = slices[0].header
     if first.photometric == "PALETTE COLOR":
@@ -231,13 +231,8 @@ def choose_dtype(slices: Sequence[SliceRef]) -> str:
     if any(s.header.pixel_element != "PixelData" or s.header.modality_lut_sequence for s in slices):
         return "float32"
     for s in slices:
-        h, (slope, intercept) = s.header, s.rescale
+        slope, intercept = s.rescale
         if not (float(slope).is_integer() and float(intercept).is_integer()):
-            return "float32"
-        bits = max(1, min(h.bits_stored, h.bits_allocated))
-        lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if h.pixel_representation else (0, 2**bits - 1))
-        ends = (lo * slope + intercept, hi * slope + intercept)
-        if min(ends) < INT16_MIN or max(ends) > INT16_MAX:
             return "float32"
     return "int16"
 

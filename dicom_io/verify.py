@@ -111,7 +111,7 @@ def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: i
     """MD5 of `frames` of one source decoded as convert does (every frame when None), or why it could not be read."""
     try:
         size = storage.size_of(uri)
-        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+        with storage.open_source(uri, block_size=8 * 1024 * 1024) as fp:
             header = read_header(fp, uri, size)
             fp.seek(0)
             decoded = pixels.decode(fp, header, max_bytes)

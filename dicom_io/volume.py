@@ -137,6 +137,11 @@ class VolumeWriter:
             finally:
                 self._pending = None
 
+    def abort(self) -> None:
+        """Stop without writing what is buffered (the caller removes the partial volume)."""
+        self._flusher.shutdown(wait=True, cancel_futures=True)
+        self._pending, self._slab = None, np.zeros(0)
+
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
         try:

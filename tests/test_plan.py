@@ -76,10 +76,12 @@ def test_orientations_split_and_repeats_split_by_acquisition():
     assert all(len(s.instances) == 3 for s in plan.stacks)
 
 
-def test_dtype_int16_only_when_every_value_fits():
+def test_dtype_starts_int16_whenever_the_rescale_keeps_integers():
     assert choose_dtype([header(1, 0)]) == "int16"
     assert choose_dtype([header(1, 0, rescale_slope=0.5)]) == "float32"
-    assert choose_dtype([header(1, 0, bits_stored=16, pixel_representation=0, rescale_intercept=0.0)]) == "float32"
+    # the header allows 0..65535, but the values decide (convert widens when one does not fit)
+    assert choose_dtype([header(1, 0, bits_stored=16, pixel_representation=0, rescale_intercept=0.0)]) == "int16"
+    assert choose_dtype([header(1, 0, bits_stored=16, pixel_representation=1, rescale_intercept=-1024.0)]) == "int16"
     assert choose_dtype([header(1, 0, bits_stored=12, pixel_representation=0, rescale_intercept=0.0)]) == "int16"
     assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB", bits_allocated=8)]) == "uint8"
     assert choose_dtype([header(1, 0, samples_per_pixel=3, photometric="RGB", bits_allocated=16)]) == "uint16"

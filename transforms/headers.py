@@ -43,7 +43,7 @@ class ReadHeaderFn(beam.DoFn):
             LOG.info("this worker has read %d headers (latest %s)", self._seen, uri)
         try:
             size = storage.size_of(uri) if size is None else size
-            with storage.open_read(uri) as fp:
+            with storage.open_source(uri) as fp:
                 header = read_header(fp, uri, size)
             header = dataclasses.replace(header, label=label) if label is not None else header
             yield self._deid.header(header) if self._deid else header

@@ -1,0 +1,117 @@
+"""convert_stack on real and generated files: dtype from the values, compressed sources."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+
+import numpy as np
+import pydicom
+import pydicom.data
+import zarr
+
+from dicom_io import storage
+from dicom_io.convert import ConvertSettings, convert_stack
+from dicom_io.header import read_header
+from dicom_io.plan import plan_series
+from tests import synthetic
+
+CT5N = os.path.join(os.path.dirname(pydicom.data.get_testdata_file("CT_small.dcm", download=False)),
+                    "dicomdirtests", "98892001", "CT5N")
+
+
+def headers_of(paths):
+    out = []
+    for path in paths:
+        with storage.open_source(path) as fp:
+            out.append(read_header(fp, path, storage.size_of(path)))
+    return out
+
+
+def convert_files(paths, out):
+    """Plan every file as one series and convert each stack; (results, plan)."""
+    headers = headers_of(paths)
+    plan = plan_series(headers[0].series_instance_uid, headers)
+    return [convert_stack(stack, ConvertSettings(output=str(out))) for stack in plan.stacks], plan
+
+
+def volume_of(result):
+    return zarr.open_group(result.series["zarr_uri"], mode="r")["0"][:]
+
+
+def test_ct5n_signed_16_bit_with_intercept_is_int16_hu(tmp_path):
+    """pydicom's CT5N: the header allows -33792..31743, the values are -888..85: int16, exact HU."""
+    paths = sorted(os.path.join(CT5N, f) for f in os.listdir(CT5N))
+    [result], _ = convert_files(paths, tmp_path)
+    assert result.series["status"] == "converted" and result.series["dtype"] == "int16"
+    volume = volume_of(result)
+    assert volume.dtype == np.int16
+    expected = sorted((pydicom.dcmread(p) for p in paths), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    hu = np.stack([ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
+                   for ds in expected])
+    assert np.array_equal(volume, hu)
+
+
+def _mr_spec(slope):
+    return synthetic.SeriesSpec(series_uid=synthetic.uid_from("widen", slope), study_uid=synthetic.uid_from("st"),
+                                patient_id="P", modality="MR", positions=synthetic.axial_positions(4, 2.0),
+                                iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0), rows=8, cols=8,
+                                slope=slope, intercept=0.0)
+
+
+def test_a_later_slice_that_does_not_fit_int16_redoes_the_stack_in_int32(tmp_path):
+    spec = _mr_spec(10.0)
+    paths = []
+    for i in range(4):
+        stored = np.full((8, 8), 100 + i, dtype=np.uint16)
+        if i == 3:
+            stored[2, 2] = 4000  # x10 = 40000: beyond int16, only in the last slice
+        paths.append(str(tmp_path / "in" / f"{i}.dcm"))
+        synthetic.write_instance(paths[-1], spec, i, seed=0, pixels=stored)
+    [result], plan = convert_files(paths, tmp_path / "out")
+    assert plan.stacks[0].dtype == "int16"  # planned int16, the values widened it
+    assert result.series["status"] == "converted" and result.series["dtype"] == "int32"
+    volume = volume_of(result)
+    assert volume.dtype == np.int32 and volume[3, 2, 2] == 40000 and volume[0, 0, 0] == 1000
+    record = json.loads(open(tmp_path / "out" / "series" / f"{result.series['series_key']}.json").read())
+    assert record["dtype"] == "int32"
+    # a re-run recognises the committed series although it was planned int16
+    [again], _ = convert_files(paths, tmp_path / "out")
+    assert again.reused
+
+
+def test_gzipped_sources_read_transparently_with_their_own_uri(tmp_path):
+    paths = sorted(os.path.join(CT5N, f) for f in os.listdir(CT5N))
+    zipped = []
+    for p in paths:
+        target = tmp_path / "in" / f"{os.path.basename(p)}.dcm.gz"
+        target.parent.mkdir(exist_ok=True)
+        with open(p, "rb") as src, gzip.open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        zipped.append(str(target))
+    [plain], _ = convert_files(paths, tmp_path / "plain")
+    [result], _ = convert_files(zipped, tmp_path / "gz")
+    assert result.series["status"] == "converted"
+    assert np.array_equal(volume_of(result), volume_of(plain))
+    assert sorted(r["source_uri"] for r in result.instances) == sorted(zipped)
+    assert all(r["status"] == "converted" for r in result.instances)
+
+
+def test_truncated_gzip_source_fails_with_a_reason(tmp_path):
+    paths = sorted(os.path.join(CT5N, f) for f in os.listdir(CT5N))[:2]
+    zipped = []
+    for p in paths:
+        target = tmp_path / f"{os.path.basename(p)}.dcm.gz"
+        target.write_bytes(gzip.compress(open(p, "rb").read()))
+        zipped.append(str(target))
+    headers = headers_of(zipped)
+    data = open(zipped[1], "rb").read()
+    open(zipped[1], "wb").write(data[: len(data) // 2])  # cut after the header pass, same name
+    headers = [headers[0], headers[1].__class__(**{**headers[1].__dict__, "size_bytes": len(data) // 2})]
+    plan = plan_series(headers[0].series_instance_uid, headers)
+    [result] = [convert_stack(s, ConvertSettings(output=str(tmp_path / "out"))) for s in plan.stacks]
+    assert result.series["status"] == "failed"
+    reasons = {r["source_uri"]: r["reason"] for r in result.instances}
+    assert reasons[zipped[1]].startswith("decode error: compressed file unreadable: EOFError")
