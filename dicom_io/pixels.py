@@ -1,7 +1,8 @@
 """Pixel decoding: pydicom 3 decoders (pylibjpeg plugins, GDCM fallback) + modality LUT.
 
-pydicom tries each installed plugin for a transfer syntax in turn, so GDCM covers what the
-pylibjpeg plugins do not (12-bit JPEG extended, for one).
+pydicom tries each installed plugin for a transfer syntax in turn; what they all fail goes to
+imagecodecs for monochrome JPEG (12-bit JPEG extended, which neither pylibjpeg-libjpeg nor this
+GDCM wheel decodes), then to GDCM in a throw-away process.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _without_gdcm_in_process() -> frozenset[str]:
 
 
 GDCM_SYNTAXES = _without_gdcm_in_process()
+# JPEG baseline, extended (12-bit: pylibjpeg-libjpeg and this GDCM wheel fail it), lossless.
+IMAGECODECS_JPEG = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                              "1.2.840.10008.1.2.4.70"})
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -136,7 +140,8 @@ def _check_frames(ds: pydicom.Dataset, h: InstanceHeader) -> None:
         codestream.check_frame(frame[:65536], tsuid, h.rows, h.columns, h.samples_per_pixel)
 
 
-def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_error: BaseException) -> np.ndarray:
+def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_error: BaseException,
+                     tried: str = "") -> np.ndarray:
     """Decode with GDCM in a throw-away process (it may abort on corrupt data), memory-limited."""
     fp.seek(0)
     limit = 3 * max(declared_bytes(h), 1) + GDCM_BASE_MEMORY
@@ -148,8 +153,52 @@ def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_err
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(first_error).__name__}: "
-                          f"{first_error}; GDCM: {tail[0][:200]}")
+                          f"{first_error}{tried}; GDCM: {tail[0][:200]}")
     return np.load(io.BytesIO(done.stdout), allow_pickle=False)
+
+
+def _fallback(fp: IO[bytes], ds: pydicom.Dataset, h: InstanceHeader, max_bytes: int, first_error: BaseException
+              ) -> np.ndarray:
+    """After pydicom's plugins: imagecodecs for monochrome JPEG (12-bit extended), then GDCM in its process."""
+    tsuid, tried = str(ds.file_meta.TransferSyntaxUID), ""
+    if tsuid in IMAGECODECS_JPEG and h.samples_per_pixel == 1:
+        try:
+            return _imagecodecs_jpeg(ds, h)
+        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except Exception as exc:  # imagecodecs raises Jpeg8Error (a RuntimeError), ValueError...
+            tried = f"; imagecodecs: {type(exc).__name__}: {exc}"
+    if tsuid not in GDCM_SYNTAXES:
+        if not tried:
+            raise first_error
+        raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(first_error).__name__}: "
+                          f"{first_error}{tried}") from first_error
+    return _gdcm_subprocess(fp, h, max_bytes, first_error, tried)
+
+
+def _imagecodecs_jpeg(ds: pydicom.Dataset, h: InstanceHeader) -> np.ndarray:
+    """Stored values of monochrome JPEG frames decoded by imagecodecs (libjpeg-turbo 8/12-bit, ljpeg).
+
+    Each frame's SOF was already checked against the header (_check_frames), so the decoder
+    allocates no more than Rows x Columns; signed data gets its sign back from (0028,0101) BitsStored.
+    """
+    import imagecodecs
+
+    planes = []
+    for frame in generate_frames(ds.PixelData, number_of_frames=h.number_of_frames):
+        if not frame.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):  # libjpeg-turbo fills a cut frame silently
+            raise ValueError("truncated JPEG frame (no EOI marker)")
+        plane = np.asarray(imagecodecs.jpeg_decode(frame))
+        if plane.shape != (h.rows, h.columns):
+            raise ValueError(f"imagecodecs gave {plane.shape}, the header {h.rows} x {h.columns}")
+        planes.append(plane)
+    arr = np.stack(planes).astype(np.uint16 if h.bits_allocated <= 16 else np.uint32)
+    if h.pixel_representation:
+        bits = h.bits_stored
+        signed = arr.astype(np.int32)
+        signed = np.where(signed >= 2 ** (bits - 1), signed - 2 ** bits, signed)
+        arr = signed.astype(np.int16 if h.bits_allocated <= 16 else np.int32)
+    return arr[0] if h.number_of_frames == 1 else arr
 
 
 def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
@@ -167,9 +216,7 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
         except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # in-process plugins failed (Rust plugins raise pyo3 panics)
-            if str(ds.file_meta.TransferSyntaxUID) not in GDCM_SYNTAXES:
-                raise
-            arr = _gdcm_subprocess(fp, h, max_bytes, exc)
+            arr = _fallback(fp, ds, h, max_bytes, exc)
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))
         elif h.samples_per_pixel == 1 and h.frames:  # enhanced: per-frame rescale, below
