@@ -100,7 +100,7 @@ def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict
         "stack_attributes": plan.stack_attributes,
         "modality": first.modality,
         "n_slices": plan.n_slices,
-        "shape": [plan.n_slices, first.rows, first.columns] + ([3] if plan.colour else []),
+        "shape": [plan.n_slices, first.plane_rows, first.plane_columns] + ([3] if plan.colour else []),
         "dtype": plan.dtype,
         "spacing": spacing_zyx(plan),
         "affine_lps": affine,
@@ -231,7 +231,7 @@ class _SlicePreviews:
         p = self._settings.previews
         uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, row["z_index"],
                                          ref.header.sop_instance_uid, ref.header.label, ref.frame,
-                                         ref.header.number_of_frames)
+                                         ref.header.n_planes)
         row["preview_uri"] = uri
         if self._executor is None:
             previews.write_slice(uri, plane, self._dicom, p)
@@ -253,7 +253,8 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
         except DicomflowError as exc:
             raise StackFailed(h, str(exc)) from exc
     dicom = attributes["dicom"]
-    layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
+    layout = choose_layout(dicom["n_slices"], first.plane_rows, first.plane_columns, dicom["dtype"],
+                           3 if plan.colour else 1)
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     slice_previews = _SlicePreviews(plan, dicom, settings, executor)
     try:

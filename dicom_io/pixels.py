@@ -20,7 +20,7 @@ from pydicom.uid import AllTransferSyntaxes
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
-from dicom_io import codestream, deflate, storage
+from dicom_io import codestream, deflate, mosaic, storage
 from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader, ensure_transfer_syntax
 
@@ -202,10 +202,11 @@ def _imagecodecs_jpeg(ds: pydicom.Dataset, h: InstanceHeader) -> np.ndarray:
 
 
 def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
-    """Frames of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU)."""
+    """Planes of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU); a
+    Siemens mosaic as (images, tile rows, tile cols)."""
     check_size(h, max_bytes)
     if native_eligible(h):
-        return rescale(read_native(fp, h), h)
+        return rescale(_planes(read_native(fp, h), h), h)
     try:
         ds = _dataset(fp, max_bytes)
         ensure_transfer_syntax(ds)
@@ -219,7 +220,7 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
             arr = _fallback(fp, ds, h, max_bytes, exc)
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))
-        elif h.samples_per_pixel == 1 and h.frames:  # enhanced: per-frame rescale, below
+        elif h.samples_per_pixel == 1 and h.frames:  # enhanced or mosaic: per-plane rescale, below
             pass
         elif h.samples_per_pixel == 1:
             arr = apply_modality_lut(arr, ds)
@@ -234,7 +235,12 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
         arr = arr[np.newaxis]
     if arr.shape != expected:
         raise InconsistentSeriesError(f"invalid image: decoded shape {arr.shape} differs from the header's {expected}")
-    return rescale(arr, h) if h.frames and h.samples_per_pixel == 1 else arr
+    return rescale(_planes(arr, h), h) if h.frames and h.samples_per_pixel == 1 else arr
+
+
+def _planes(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
+    """The instance's slices: a Siemens mosaic cut into its tiles, anything else as stored."""
+    return mosaic.demosaic(stored, h.mosaic) if h.mosaic is not None else stored
 
 
 def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:

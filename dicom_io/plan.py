@@ -13,15 +13,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from dicom_io import geometry
+from dicom_io import attributes, geometry
 from dicom_io.header import InstanceHeader
 from dicom_io.keys import series_key
 
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 MISSING_SERIES_PREFIX = "no-series-uid:"  # group key of an instance without (0020,000E)
 
-# Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried.
-SPLIT_ATTRIBUTES = ("orientation", "shape", "echo", "temporal_position", "b_value", "multiframe_instance")
+# Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried
+# (the volume attributes with role SPLIT come from dicom_io.attributes).
+SPLIT_ATTRIBUTES = ("orientation", "shape", *attributes.SPLIT_NAMES, "multiframe_instance")
 
 # Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy.
 LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
@@ -37,7 +38,10 @@ class SliceRef:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     rescale: tuple[float, float]
-    attrs: tuple[tuple[str, Any], ...] = ()  # echo, temporal_position, b_value of this slice
+    attrs: attributes.Values = ()  # attributes.VOLUME_ATTRIBUTES of this slice
+
+    def value(self, name: str) -> Any:
+        return dict(self.attrs).get(name)
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,11 @@ class SeriesPlan:
     exclusions: tuple[Exclusion, ...] = field(default=())
 
 
+Digest = Callable[[InstanceHeader], str]
+
+
 def duplicate_identity(h: InstanceHeader) -> tuple:
-    """Same (0008,0018) SOPInstanceUID *and* same pixel format and position: the same image.
+    """Same (0008,0018) SOPInstanceUID, pixel format and position: a candidate duplicate.
 
     Archives hold one SOP instance in several encodings (a copy, a re-compression); but a
     shared UID with other frames or bit depth is a different image and is kept.
@@ -112,28 +119,54 @@ def duplicate_identity(h: InstanceHeader) -> tuple:
             h.bits_allocated, h.pixel_representation, h.image_position)
 
 
-def drop_duplicates(headers: Iterable[InstanceHeader]) -> tuple[list[InstanceHeader], list[Exclusion]]:
-    """Keep one instance per duplicate identity, preferring a lossless encoding, then the first URI."""
-    kept: dict[tuple, InstanceHeader] = {}
+def _memo(digest: Digest | None) -> Digest | None:
+    """`digest` computed once per instance (the two duplicate rules may both ask)."""
+    if digest is None:
+        return None
+    seen: dict[str, str] = {}
+
+    def cached(h: InstanceHeader) -> str:
+        if h.source_uri not in seen:
+            seen[h.source_uri] = digest(h)
+        return seen[h.source_uri]
+
+    return cached
+
+
+def _preferred(headers: Iterable[InstanceHeader]) -> list[InstanceHeader]:
+    """Lossless encodings first, then by URI: the copy kept of a duplicate."""
+    return sorted(headers, key=lambda h: (h.transfer_syntax_uid in LOSSY_SYNTAXES, h.source_uri))
+
+
+def drop_duplicates(headers: Iterable[InstanceHeader], digest: Digest | None = None
+                    ) -> tuple[list[InstanceHeader], list[Exclusion]]:
+    """One instance per SOPInstanceUID *and* pixels: the same UID with other pixels (a lossy
+    re-compression, an edited copy) is another image and is kept.
+
+    `digest` (decoded pixels -> hash) is only called on instances that share a duplicate_identity;
+    without it (no pixel access) the header identity alone decides. Keeps a lossless encoding first,
+    then the first URI.
+    """
+    kept: dict[tuple, list[InstanceHeader]] = defaultdict(list)
     unique: list[InstanceHeader] = []
     excluded: list[Exclusion] = []
-    ranked = sorted(headers, key=lambda h: (repr(duplicate_identity(h)), h.transfer_syntax_uid in LOSSY_SYNTAXES,
-                                            h.source_uri))
-    for h in ranked:
+    for h in _preferred(headers):
         identity = duplicate_identity(h)
-        if h.sop_instance_uid and identity in kept:
-            reason = f"duplicate: same SOPInstanceUID and pixel format as {kept[identity].source_uri}"
-            excluded.append(Exclusion(h, "skipped", reason))
+        twin = next((k for k in kept.get(identity, ()) if digest is None or digest(k) == digest(h)), None)
+        if h.sop_instance_uid and twin is not None:
+            excluded.append(Exclusion(h, "skipped", f"duplicate: same SOPInstanceUID and pixels as {twin.source_uri}"))
             continue
         if h.sop_instance_uid:
-            kept[identity] = h
+            kept[identity].append(h)
         unique.append(h)
     return unique, excluded
 
 
-def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[InstanceHeader], str] | None
+def drop_identical_pixels(headers: list[InstanceHeader], digest: Digest | None
                           ) -> tuple[list[InstanceHeader], list[Exclusion]]:
-    """Instances with other SOP UIDs at one position and shape, and identical pixels: keep the first.
+    """Instances with other SOP UIDs at one position, shape and volume (b-value, echo, temporal
+    position, trigger time, acquisition number and time...: attributes.VOLUME_ATTRIBUTES), and
+    identical pixels: keep the first. Images of other volumes may repeat pixels and are kept.
 
     `digest` (pixels -> hash) is only called for such candidates, which are rare.
     """
@@ -142,13 +175,14 @@ def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[Insta
     by_place: dict[tuple, list[InstanceHeader]] = defaultdict(list)
     for h in headers:
         if h.image_position is not None and h.number_of_frames == 1:
-            by_place[(h.image_position, h.image_orientation, h.rows, h.columns, h.bits_allocated)].append(h)
+            by_place[(h.image_position, h.image_orientation, h.rows, h.columns, h.bits_allocated,
+                      repr(h.volume))].append(h)
     dropped: list[Exclusion] = []
     for group in by_place.values():
         if len(group) < 2:
             continue
         first_seen: dict[str, InstanceHeader] = {}
-        for h in sorted(group, key=lambda h: (h.transfer_syntax_uid in LOSSY_SYNTAXES, h.source_uri)):
+        for h in _preferred(group):
             key = digest(h)
             if key in first_seen:
                 reason = f"duplicate: identical pixels at the same position as {first_seen[key].source_uri}"
@@ -160,17 +194,14 @@ def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[Insta
 
 
 def slices_of(h: InstanceHeader) -> list[SliceRef]:
-    """The planes an instance contributes: one, or one per enhanced frame."""
+    """The planes an instance contributes: one, or one per enhanced frame or mosaic tile."""
     if h.frames:
-        return [SliceRef(h, i, f.position, f.orientation or h.image_orientation, f.rescale,
-                         (("echo", f.echo), ("temporal_position", f.temporal_position), ("b_value", f.b_value)))
+        return [SliceRef(h, i, f.position, f.orientation or h.image_orientation, f.rescale, f.volume)
                 for i, f in enumerate(h.frames)]
-    echo = h.echo_number if h.echo_number is not None else h.echo_time
-    attrs = (("echo", echo), ("temporal_position", h.temporal_position), ("b_value", h.diffusion_b_value))
     rescale = (h.rescale_slope, h.rescale_intercept)
     if h.number_of_frames > 1:  # plain multi-frame (cine, US): no per-frame geometry
-        return [SliceRef(h, i, None, None, rescale, attrs) for i in range(h.number_of_frames)]
-    return [SliceRef(h, 0, h.image_position, h.image_orientation, rescale, attrs)]
+        return [SliceRef(h, i, None, None, rescale, h.volume) for i in range(h.number_of_frames)]
+    return [SliceRef(h, 0, h.image_position, h.image_orientation, rescale, h.volume)]
 
 
 def _signature(s: SliceRef) -> dict[str, Any]:
@@ -178,8 +209,8 @@ def _signature(s: SliceRef) -> dict[str, Any]:
     plain_multiframe = h.number_of_frames > 1 and not h.frames
     return {
         "orientation": geometry.orientation_key(s.orientation),
-        "shape": (h.rows, h.columns, h.samples_per_pixel, h.bits_allocated),
-        **dict(s.attrs),
+        "shape": (h.plane_rows, h.plane_columns, h.samples_per_pixel, h.bits_allocated),
+        **{name: s.value(name) for name in attributes.SPLIT_NAMES},
         "multiframe_instance": h.sop_instance_uid or h.source_uri if plain_multiframe else None,
     }
 
@@ -199,10 +230,10 @@ def _has_repeats(slices: Sequence[SliceRef]) -> bool:
 
 def _split_repeats(slices: list[SliceRef]) -> tuple[str, list[list[SliceRef]]]:
     """Split a group whose positions repeat: by AcquisitionNumber, TriggerTime, else occurrence."""
-    for name in ("acquisition_number", "trigger_time"):
+    for name in attributes.REPEAT_NAMES:
         groups: dict[Any, list[SliceRef]] = defaultdict(list)
         for s in slices:
-            groups[getattr(s.header, name)].append(s)
+            groups[s.value(name)].append(s)
         parts = [groups[k] for k in sorted(groups, key=_sort_token)]
         if len(parts) > 1 and not any(_has_repeats(p) for p in parts):
             return name, parts
@@ -277,11 +308,11 @@ def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[
     return tuple(sorted(split_by)), groups
 
 
-def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader],
-                digest: Callable[[InstanceHeader], str] | None = None) -> SeriesPlan:
+def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], digest: Digest | None = None) -> SeriesPlan:
     """Dedupe, split into stacks and order every stack of one series (headers, and pixels only for
     instances that share a position: `digest`)."""
-    unique, exclusions = drop_duplicates(headers)
+    digest = _memo(digest)
+    unique, exclusions = drop_duplicates(headers, digest)
     unique, identical = drop_identical_pixels(unique, digest)
     split_by, groups = _groups(unique)
     stacks = tuple(

@@ -1,6 +1,7 @@
 import dataclasses
 
 from dicom_io import geometry
+from dicom_io.attributes import VOLUME_ATTRIBUTES
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import choose_dtype as _choose_dtype, drop_duplicates, plan_series, slices_of
 
@@ -15,9 +16,14 @@ BASE = InstanceHeader(
 )
 
 
-def header(i, z, **changes):
+def volume(**values):
+    """A record's volume attributes, in the table's order (absent ones None)."""
+    return tuple((a.name, values.get(a.name)) for a in VOLUME_ATTRIBUTES)
+
+
+def header(i, z, volume_values=None, **changes):
     fields = {"source_uri": f"/d/{i:03d}", "sop_instance_uid": f"1.2.3.{i}", "instance_number": i,
-              "image_position": (0.0, 0.0, float(z)), **changes}
+              "image_position": (0.0, 0.0, float(z)), "volume": volume(**(volume_values or {})), **changes}
     return dataclasses.replace(BASE, **fields)
 
 
@@ -58,7 +64,7 @@ def test_single_regular_stack_in_position_order():
 
 
 def test_echoes_split_into_stacks_named_by_echo():
-    headers = [header(i, i % 4, echo_number=1 + i // 4, echo_time=10.0 + 70 * (i // 4)) for i in range(8)]
+    headers = [header(i, i % 4, {"echo": 1 + i // 4, "echo_time": 10.0 + 70 * (i // 4)}) for i in range(8)]
     plan = plan_series("1.2.3", headers)
     assert [s.stack_attributes for s in plan.stacks] == [{"echo": 1}, {"echo": 2}]
     assert all(s.split_by == ("echo",) and s.ordering.geometry == geometry.REGULAR for s in plan.stacks)
@@ -66,8 +72,8 @@ def test_echoes_split_into_stacks_named_by_echo():
 
 
 def test_orientations_split_and_repeats_split_by_acquisition():
-    axial = [header(i, i, acquisition_number=1 + i // 3) for i in range(3)]
-    again = [header(10 + i, i, acquisition_number=2) for i in range(3)]
+    axial = [header(i, i, {"acquisition_number": 1 + i // 3}) for i in range(3)]
+    again = [header(10 + i, i, {"acquisition_number": 2}) for i in range(3)]
     coronal = [header(20 + i, 0, image_orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
                       image_position=(0.0, float(i), 0.0)) for i in range(3)]
     plan = plan_series("1.2.3", axial + again + coronal)
