@@ -82,14 +82,15 @@ VOLUME_ATTRIBUTES: tuple[VolumeAttribute, ...] = (
     # (0019,100C) Siemens, (0043,1039) GE: private b-values where (0018,9087) is absent
     VolumeAttribute("b_value", ("DiffusionBValue", 0x0019100C, 0x0043039F), number,
                     ("MRDiffusionSequence", "DiffusionBValue"), SPLIT),
+    # (0019,100E) Siemens DiffusionGradientDirection; patient (LPS) coordinates
+    VolumeAttribute("diffusion_direction", ("DiffusionGradientOrientation", 0x0019100E), vector3,
+                    ("MRDiffusionSequence", "DiffusionGradientDirectionSequence", "DiffusionGradientOrientation"),
+                    SPLIT),
     VolumeAttribute("acquisition_number", ("AcquisitionNumber",), integer, (), REPEAT),
     VolumeAttribute("trigger_time", ("TriggerTime",), number,
                     ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"), REPEAT),
     VolumeAttribute("echo_time", ("EchoTime",), number, ("MREchoSequence", "EffectiveEchoTime")),
     VolumeAttribute("acquisition_time", ("AcquisitionTime",), text, ("FrameContentSequence", "FrameAcquisitionDateTime")),
-    # (0019,100E) Siemens DiffusionGradientDirection; patient (LPS) coordinates
-    VolumeAttribute("diffusion_direction", ("DiffusionGradientOrientation", 0x0019100E), vector3,
-                    ("MRDiffusionSequence", "DiffusionGradientDirectionSequence", "DiffusionGradientOrientation")),
     VolumeAttribute("stack_id", (), text, ("FrameContentSequence", "StackID")),
 )
 BY_NAME = {a.name: a for a in VOLUME_ATTRIBUTES}

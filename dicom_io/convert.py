@@ -43,6 +43,7 @@ class ConvertSettings:
     previews: previews.PreviewSettings = previews.PreviewSettings()
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
+    four_d: bool = True  # volumes of one grid as one (t, z, y, x) array; False: a 3D stack each
 
 
 @dataclass
@@ -72,8 +73,10 @@ def spacing_zyx(plan: StackPlan) -> list[float | None]:
 
 
 def output_grid(plan: StackPlan, settings: ConvertSettings) -> resample.Grid | None:
-    """The resampling grid when --tilt / --irregular ask for one and the stack needs it."""
+    """The resampling grid when --tilt / --irregular ask for one and the stack needs it (3D stacks only)."""
     ordering, orientation = plan.ordering, plan.slices[0].orientation
+    if plan.n_volumes > 1:
+        return None
     positions = [s.position for s in plan.slices]
     if ordering.geometry == geometry.TILTED and settings.tilt == "resample":
         return resample.tilt_grid(positions, orientation, plan.first.pixel_spacing or (1.0, 1.0))
@@ -100,7 +103,10 @@ def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict
         "stack_attributes": plan.stack_attributes,
         "modality": first.modality,
         "n_slices": plan.n_slices,
-        "shape": [plan.n_slices, first.plane_rows, first.plane_columns] + ([3] if plan.colour else []),
+        "n_volumes": plan.n_volumes,
+        "volumes": list(plan.volumes),
+        "shape": ([plan.n_volumes] if plan.n_volumes > 1 else []) + [plan.n_slices, first.plane_rows,
+                                                                       first.plane_columns] + ([3] if plan.colour else []),
         "dtype": plan.dtype,
         "spacing": spacing_zyx(plan),
         "affine_lps": affine,
@@ -140,6 +146,8 @@ def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
         z = abs(sum(v * v for v in plan.ordering.step_vector) ** 0.5)
     axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
     scale = [float(v) if v else 1.0 for v in (z, y, x)]
+    if plan.n_volumes > 1:  # volumes along t: index order, their times are in `dicom.volumes`
+        axes, scale = [{"name": "t", "type": "time"}] + axes, [1.0] + scale
     return {"ome": {"version": "0.5", "multiscales": [{
         "name": plan.series_key, "axes": axes,
         "datasets": [{"path": ARRAY_NAME, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
@@ -210,9 +218,11 @@ def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Itera
             future.cancel()
 
 
-def _slice_row(z: int, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+def _slice_row(i: int, plan: StackPlan, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+    """Row of plane `i` (in storage order: volume after volume) of the slices CSV."""
     ipp = position or (None, None, None)
-    return {"z_index": z, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
+    t, z = divmod(i, plan.n_slices)
+    return {"z_index": z, "t_index": t, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
             "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None}
 
@@ -229,7 +239,8 @@ class _SlicePreviews:
         if not self.enabled:
             return
         p = self._settings.previews
-        uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, row["z_index"],
+        plane_index = row["t_index"] * self._plan.n_slices + row["z_index"]  # volume after volume for 4D
+        uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, plane_index,
                                          ref.header.sop_instance_uid, ref.header.label, ref.frame,
                                          ref.header.n_planes)
         row["preview_uri"] = uri
@@ -254,7 +265,7 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
             raise StackFailed(h, str(exc)) from exc
     dicom = attributes["dicom"]
     layout = choose_layout(dicom["n_slices"], first.plane_rows, first.plane_columns, dicom["dtype"],
-                           3 if plan.colour else 1)
+                           3 if plan.colour else 1, dicom["n_volumes"])
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     slice_previews = _SlicePreviews(plan, dicom, settings, executor)
     try:
@@ -277,14 +288,14 @@ def _stream(plan: StackPlan, writer: VolumeWriter, slice_previews: _SlicePreview
         for refs, planes, digests in loaded:
             for ref, plane, digest in zip(refs, planes, digests):
                 writer.append(plane)
-                rows.append(_slice_row(len(rows), ref, ref.position, digest))
+                rows.append(_slice_row(len(rows), plan, ref, ref.position, digest))
                 slice_previews.add(rows[-1], ref, plane)
     else:  # each output plane is recorded with the lower of the input slices it was made from
         inputs = (plane for _, planes, _ in loaded for plane in planes)
         for z, plane in enumerate(resample.resample(inputs, grid)):
             writer.append(plane)
             ref = plan.slices[grid.sources[z][0]]
-            rows.append(_slice_row(z, ref, grid.positions[z], slice_md5(plane)))
+            rows.append(_slice_row(z, plan, ref, grid.positions[z], slice_md5(plane)))
             slice_previews.add(rows[-1], ref, plane)
     return rows
 
@@ -297,7 +308,7 @@ def _series_previews(uri: str, dicom: dict[str, Any], settings: ConvertSettings,
     volume = zarr.open_group(storage.zarr_store(uri), mode="r")[ARRAY_NAME]
     uris = previews.series_preview_uris(settings.output, settings.previews, key)
     previews.write_series(volume, dicom, settings.previews, uris)
-    rows[len(rows) // 2]["preview_uri"] = uris[0]
+    rows[dicom["n_slices"] // 2]["preview_uri"] = uris[0]  # the middle slice of the first volume
 
 
 def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
@@ -322,8 +333,8 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], f
 def _converted_rows(plan: StackPlan) -> list[dict[str, Any]]:
     """One row per instance of the stack, with the z index of its first slice."""
     first_z: dict[str, int] = {}
-    for z, s in enumerate(plan.slices):
-        first_z.setdefault(s.header.source_uri, z)
+    for i, s in enumerate(plan.slices):
+        first_z.setdefault(s.header.source_uri, i % plan.n_slices)
     return [schemas.instance_row(h.source_uri, schemas.CONVERTED, "", h.sop_instance_uid, h.series_instance_uid,
                                  plan.series_key, first_z[h.source_uri]) for h in plan.instances]
 

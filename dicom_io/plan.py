@@ -64,6 +64,7 @@ class StackPlan:
     slices: tuple[SliceRef, ...]
     ordering: geometry.Ordering
     dtype: str
+    volumes: tuple[dict[str, Any], ...] = ()  # per volume, in t order: volume_attributes(); () = one volume
 
     @property
     def first(self) -> InstanceHeader:
@@ -83,8 +84,14 @@ class StackPlan:
         return self.first.samples_per_pixel > 1 or self.first.photometric in COLOUR_PHOTOMETRICS
 
     @property
+    def n_volumes(self) -> int:
+        """Volumes along t: more than one makes the array (t, z, y, x)."""
+        return max(1, len(self.volumes))
+
+    @property
     def n_slices(self) -> int:
-        return len(self.slices)
+        """Slices per volume."""
+        return len(self.slices) // self.n_volumes
 
     def fingerprint(self) -> str:
         """Hash of what went into the volume (URIs, SOP UIDs, sizes, frames, plan); a re-run skips on match."""
@@ -93,7 +100,7 @@ class StackPlan:
             h = s.header
             digest.update(f"{h.source_uri}\0{h.sop_instance_uid}\0{h.size_bytes}\0{s.frame}\n"
                           .encode("utf-8", "surrogatepass"))
-        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}".encode())
+        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}|{self.n_volumes}".encode())
         return digest.hexdigest()
 
 
@@ -308,18 +315,76 @@ def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[
     return tuple(sorted(split_by)), groups
 
 
-def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], digest: Digest | None = None) -> SeriesPlan:
-    """Dedupe, split into stacks and order every stack of one series (headers, and pixels only for
-    instances that share a position: `digest`)."""
+def volume_attributes(slices: Sequence[SliceRef], ordering: geometry.Ordering) -> dict[str, Any]:
+    """One volume's attributes (attributes.VOLUME_ATTRIBUTES of its first slice), and the diffusion
+    direction also in image axes: components along the column index (row direction cosine), the row
+    index (column cosine) and the slice index (the stack's step), as .bvec files want."""
+    values = {k: v for k, v in _jsonable(dict(slices[0].attrs)).items() if k != "stack_id"}
+    direction, orientation = values.get("diffusion_direction"), slices[0].orientation
+    values["diffusion_direction_image"] = None
+    if direction is not None and orientation is not None:
+        normal = geometry.slice_normal(orientation)
+        if ordering.step_vector is not None and sum(a * b for a, b in zip(ordering.step_vector, normal)) < 0:
+            normal = -normal
+        basis = (orientation[:3], orientation[3:], tuple(normal))
+        values["diffusion_direction_image"] = [round(float(sum(d * b for d, b in zip(direction, axis))), 8)
+                                               for axis in basis]
+    return values
+
+
+def _grid_key(stack: StackPlan) -> tuple | None:
+    """What volumes of one 4D array share: orientation, slice shape, every position. None: not mergeable
+    (colour, no geometry, plain multi-frame)."""
+    if stack.colour or stack.ordering.geometry == geometry.NO_GEOMETRY or any(s.position is None for s in stack.slices):
+        return None
+    h = stack.first
+    return (geometry.orientation_key(stack.slices[0].orientation), h.plane_rows, h.plane_columns, h.bits_allocated,
+            tuple(_position_key(s) for s in stack.slices))
+
+
+def _acquisition_order(stack: StackPlan) -> tuple:
+    """Volumes in acquisition order, as dcm2niix writes them: first InstanceNumber, then AcquisitionTime."""
+    numbers = [s.header.instance_number for s in stack.slices if s.header.instance_number is not None]
+    return (min(numbers) if numbers else 0, str(stack.slices[0].value("acquisition_time") or ""), stack.stack_index)
+
+
+def _as_4d(series_uid: str, index: int, members: list[StackPlan]) -> StackPlan:
+    """Stacks on one grid as one (t, z, y, x) array, volumes in acquisition order."""
+    if len(members) == 1:
+        st = members[0]
+        return StackPlan(series_key(series_uid, index), index, st.split_by, st.stack_attributes, st.slices,
+                         st.ordering, st.dtype, (volume_attributes(st.slices, st.ordering),))
+    members = sorted(members, key=_acquisition_order)
+    common = {k: v for k, v in members[0].stack_attributes.items()
+              if all(m.stack_attributes.get(k) == v for m in members)}
+    slices = tuple(s for m in members for s in m.slices)
+    volumes = tuple(volume_attributes(m.slices, m.ordering) for m in members)
+    return StackPlan(series_key(series_uid, index), index, members[0].split_by, common, slices,
+                     members[0].ordering, choose_dtype(slices), volumes)
+
+
+def merge_4d(series_uid: str, stacks: Sequence[StackPlan], four_d: bool = True) -> tuple[StackPlan, ...]:
+    """Stacks of one series on the same grid that differ only by time point, b-value/direction, echo
+    or trigger become one 4D stack (`four_d`); otherwise (or alone) each stays 3D. Renumbers the stacks."""
+    groups: dict[Any, list[StackPlan]] = {}
+    for st in stacks:
+        key = _grid_key(st) if four_d else None
+        groups.setdefault(key if key is not None else ("alone", st.stack_index), []).append(st)
+    return tuple(_as_4d(series_uid, i, members) for i, members in enumerate(groups.values()))
+
+
+def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], digest: Digest | None = None,
+                four_d: bool = True) -> SeriesPlan:
+    """Dedupe, split into stacks, order every stack of one series, and join the volumes of one grid
+    into 4D stacks unless `four_d` is off (headers, and pixels only for duplicate candidates: `digest`)."""
     digest = _memo(digest)
     unique, exclusions = drop_duplicates(headers, digest)
     unique, identical = drop_identical_pixels(unique, digest)
     split_by, groups = _groups(unique)
-    stacks = tuple(
-        _stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
-        for i, (attrs, members) in enumerate(groups)
-    )
-    return SeriesPlan(series_instance_uid, stacks, tuple(exclusions + identical))
+    stacks = [_stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
+              for i, (attrs, members) in enumerate(groups)]
+    return SeriesPlan(series_instance_uid, merge_4d(series_instance_uid, stacks, four_d),
+                      tuple(exclusions + identical))
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

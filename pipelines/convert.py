@@ -44,6 +44,9 @@ class ConvertOptions(PipelineOptions):
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
                             help="Irregularly spaced stacks: keep, resample to a uniform step, or fail")
+        parser.add_argument("--stacks_3d", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Write every volume of a 4D series (time points, b-values, echoes, triggers) "
+                                 "as its own 3D stack instead of one (t, z, y, x) array")
 
 
 def validate(opts: ConvertOptions) -> None:
@@ -67,6 +70,7 @@ def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
+                           four_d=not opts.stacks_3d,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 
