@@ -218,10 +218,11 @@ def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Itera
             future.cancel()
 
 
-def _slice_row(i: int, plan: StackPlan, ref: SliceRef, position, digest: str) -> dict[str, Any]:
-    """Row of plane `i` (in storage order: volume after volume) of the slices CSV."""
+def _slice_row(i: int, plan: StackPlan | None, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+    """Row of plane `i` (in storage order: volume after volume) of the slices CSV; `plan` None for a
+    resampled (3D) output, whose planes are not the plan's slices."""
     ipp = position or (None, None, None)
-    t, z = divmod(i, plan.n_slices)
+    t, z = divmod(i, plan.n_slices) if plan is not None else (0, i)
     return {"z_index": z, "t_index": t, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
             "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None}
@@ -295,7 +296,7 @@ def _stream(plan: StackPlan, writer: VolumeWriter, slice_previews: _SlicePreview
         for z, plane in enumerate(resample.resample(inputs, grid)):
             writer.append(plane)
             ref = plan.slices[grid.sources[z][0]]
-            rows.append(_slice_row(z, plan, ref, grid.positions[z], slice_md5(plane)))
+            rows.append(_slice_row(z, None, ref, grid.positions[z], slice_md5(plane)))
             slice_previews.add(rows[-1], ref, plane)
     return rows
 

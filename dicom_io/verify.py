@@ -100,7 +100,7 @@ def check_volume(array: Any, record: dict[str, Any], slices: list[dict[str, Any]
         result.fail(f"Zarr shape {list(shape)}, series JSON shape {list(expected)}, slices CSV {len(slices)} rows")
         return result
     result.ok()
-    if [(r["t_index"], r["z_index"]) for r in slices] != [divmod(i, n_z) for i in range(len(slices))]:
+    if [(r.get("t_index") or 0, r["z_index"]) for r in slices] != [divmod(i, n_z) for i in range(len(slices))]:
         result.fail("slices CSV (t_index, z_index) is not volume after volume, 0..n-1 in order")
         return result
     for i0, slab in _slabs(array, record):
@@ -111,7 +111,8 @@ def check_volume(array: Any, record: dict[str, Any], slices: list[dict[str, Any]
                 result.ok()
             else:
                 t, z = divmod(i, n_z)
-                result.fail(f"t={t} z={z}: stored slice MD5 {digest} != slices CSV {slices[i]['pixel_md5']}")
+                where = f"t={t} z={z}" if n_volumes > 1 else f"z={z}"
+                result.fail(f"{where}: stored slice MD5 {digest} != slices CSV {slices[i]['pixel_md5']}")
     return result
 
 
@@ -210,7 +211,7 @@ def check_geometry(record: dict[str, Any], slices: list[dict[str, Any]],
         for row, ipp in zip(slices, positions):
             _place(affine, row["z_index"], ipp, tol_mm, result)
     elif kind == geometry.IRREGULAR_SPACING:
-        positions = [p for row, p in zip(slices, positions) if row["t_index"] == 0]
+        positions = [p for row, p in zip(slices, positions) if not row.get("t_index")]
         for z in sorted({0, len(positions) - 1}):
             _place(affine, z, positions[z], tol_mm, result)
         normal = geometry.slice_normal(np.concatenate([affine[:3, 0], affine[:3, 1]]))
