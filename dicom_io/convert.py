@@ -44,6 +44,7 @@ class ConvertSettings:
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
     four_d: bool = True  # volumes of one grid as one (t, z, y, x) array; False: a 3D stack each
+    philips_scaling: str = "dv"  # pixels.PHILIPS_SCALINGS
 
 
 @dataclass
@@ -118,6 +119,7 @@ def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict
         "tilt_degrees": ordering.tilt_degrees,
         "monochrome1": first.photometric == "MONOCHROME1",
         "resampled_from": None,
+        "philips_scaling": plan.philips_scaling,
         "tags": first.series_tags,
     }
 
@@ -162,15 +164,17 @@ def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
-def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> tuple[InstanceHeader, list, list[str]]:
-    """Read and decode one instance, keep `frames` (in that order) cast to `dtype`, with their MD5s."""
+def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int, scaling: str = "dv"
+          ) -> tuple[InstanceHeader, list, list[str]]:
+    """Read and decode one instance (Philips values scaled as asked), keep `frames` (in that order)
+    cast to `dtype`, with their MD5s."""
     try:
         with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
             size = fp.seek(0, 2) if storage.compression_of(h.source_uri) is None else storage.size_of(h.source_uri)
             if size != h.size_bytes:  # the header pass described another file
                 raise StackFailed(h, f"source changed since its header was read ({h.size_bytes} -> {size} bytes)")
             fp.seek(0)
-            decoded = pixels.decode(fp, h, max_bytes)
+            decoded = pixels.scaled(pixels.decode(fp, h, max_bytes), h, scaling)
         planes = [pixels.to_stored(decoded[f], dtype) for f in frames]
     except FileNotFoundError as exc:
         raise StackFailed(h, f"source disappeared: {exc}") from exc
@@ -196,17 +200,17 @@ def _runs(plan: StackPlan) -> list[tuple[InstanceHeader, list[SliceRef]]]:
     return runs
 
 
-def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Iterator[tuple]:
+def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None, scaling: str = "dv") -> Iterator[tuple]:
     """(slices, planes, md5s) per run in z order, decoded up to READ_AHEAD runs ahead on `executor`."""
     runs = _runs(plan)
     if executor is None:
         for h, refs in runs:
-            yield refs, *_load(h, [r.frame for r in refs], plan.dtype, max_bytes)[1:]
+            yield refs, *_load(h, [r.frame for r in refs], plan.dtype, max_bytes, scaling)[1:]
         return
     pending: deque = deque()
     try:
         for h, refs in runs:
-            pending.append((refs, executor.submit(_load, h, [r.frame for r in refs], plan.dtype, max_bytes)))
+            pending.append((refs, executor.submit(_load, h, [r.frame for r in refs], plan.dtype, max_bytes, scaling)))
             if len(pending) >= READ_AHEAD:
                 refs_done, future = pending.popleft()
                 yield refs_done, *future.result()[1:]
@@ -270,7 +274,8 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     slice_previews = _SlicePreviews(plan, dicom, settings, executor)
     try:
-        rows = _stream(plan, writer, slice_previews, _loaded(plan, max_bytes, executor), grid)
+        rows = _stream(plan, writer, slice_previews, _loaded(plan, max_bytes, executor, settings.philips_scaling),
+                       grid)
     except BaseException:
         writer.abort()
         raise
@@ -318,7 +323,7 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     resampled = "" if grid is None else f"+resampled:{plan.ordering.geometry}"
     p = settings.previews
     shown = "" if p.mode == "none" else f"+previews:{p.mode}:{p.fmt}:{p.naming}"
-    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}"
+    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}"  # plan: philips_scaling
 
 
 def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], fingerprint: str) -> dict[str, Any]:

@@ -250,6 +250,25 @@ def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+PHILIPS_SCALINGS = ("dv", "fp")  # --philips_scaling: displayed values (DICOM's rescale) or floating point
+
+
+def philips_fp_factor(h: InstanceHeader) -> float | None:
+    """FP = DV / (RS x SS) (Philips' floating-point values, as dcm2niix's -p n): the factor from the
+    displayed value, with RS (0028,1053) RescaleSlope and SS (2005,100E) ScaleSlope; None when
+    not a Philips instance with both (enhanced files keep per-frame values elsewhere: not handled)."""
+    manufacturer = str(h.series_tags.get("Manufacturer") or "").upper()
+    if "PHILIPS" not in manufacturer or not h.philips_scale or not h.rescale_slope or h.frames:
+        return None
+    return 1.0 / (h.rescale_slope * h.philips_scale)
+
+
+def scaled(values: np.ndarray, h: InstanceHeader, scaling: str) -> np.ndarray:
+    """Decoded (DV) values as --philips_scaling asks: unchanged for dv, FP for fp where it applies."""
+    factor = philips_fp_factor(h) if scaling == "fp" else None
+    return values if factor is None else values.astype(np.float64) * factor
+
+
 # Integer volumes start as int16 and are redone one step wider when a decoded value does not fit.
 WIDER_DTYPE = {"int16": "int32", "int32": "float32"}
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
-from dicom_io import attributes, geometry
+from dicom_io import attributes, geometry, pixels
 from dicom_io.header import InstanceHeader
 from dicom_io.keys import series_key
 
@@ -65,6 +65,7 @@ class StackPlan:
     ordering: geometry.Ordering
     dtype: str
     volumes: tuple[dict[str, Any], ...] = ()  # per volume, in t order: volume_attributes(); () = one volume
+    philips_scaling: str | None = None  # "dv"/"fp" when Philips scale factors apply to the stack, else None
 
     @property
     def first(self) -> InstanceHeader:
@@ -100,7 +101,8 @@ class StackPlan:
             h = s.header
             digest.update(f"{h.source_uri}\0{h.sop_instance_uid}\0{h.size_bytes}\0{s.frame}\n"
                           .encode("utf-8", "surrogatepass"))
-        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}|{self.n_volumes}".encode())
+        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}|{self.n_volumes}|"
+                      f"{self.philips_scaling}".encode())
         return digest.hexdigest()
 
 
@@ -218,7 +220,8 @@ def _signature(s: SliceRef) -> dict[str, Any]:
         "orientation": geometry.orientation_key(s.orientation),
         "shape": (h.plane_rows, h.plane_columns, h.samples_per_pixel, h.bits_allocated),
         **{name: s.value(name) for name in attributes.SPLIT_NAMES},
-        "multiframe_instance": h.sop_instance_uid or h.source_uri if plain_multiframe else None,
+        # by file: two files may share a SOPInstanceUID with other pixels (not duplicates then)
+        "multiframe_instance": f"{h.sop_instance_uid}|{h.source_uri}" if plain_multiframe else None,
     }
 
 
@@ -348,6 +351,14 @@ def _acquisition_order(stack: StackPlan) -> tuple:
     return (min(numbers) if numbers else 0, str(stack.slices[0].value("acquisition_time") or ""), stack.stack_index)
 
 
+def _distinct_volumes(members: list[StackPlan]) -> bool:
+    """Every stack tells itself apart by some volume attribute (time, b-value, echo...): a 4D array.
+    Stacks that differ by nothing (the same image twice with other pixels, split by occurrence)
+    stay 3D: no time axis is invented for them."""
+    keys = [repr(_jsonable(dict(m.slices[0].attrs))) for m in members]
+    return len(set(keys)) == len(keys)
+
+
 def _as_4d(series_uid: str, index: int, members: list[StackPlan]) -> StackPlan:
     """Stacks on one grid as one (t, z, y, x) array, volumes in acquisition order."""
     if len(members) == 1:
@@ -370,11 +381,26 @@ def merge_4d(series_uid: str, stacks: Sequence[StackPlan], four_d: bool = True) 
     for st in stacks:
         key = _grid_key(st) if four_d else None
         groups.setdefault(key if key is not None else ("alone", st.stack_index), []).append(st)
-    return tuple(_as_4d(series_uid, i, members) for i, members in enumerate(groups.values()))
+    parts: list[list[StackPlan]] = []
+    for members in groups.values():
+        if len(members) > 1 and _distinct_volumes(members):
+            parts.append(members)
+        else:
+            parts.extend([m] for m in members)
+    order = {id(st): i for i, st in enumerate(stacks)}
+    parts.sort(key=lambda part: min(order[id(m)] for m in part))  # stack numbers follow the split order
+    return tuple(_as_4d(series_uid, i, members) for i, members in enumerate(parts))
+
+
+def with_philips_scaling(stack: StackPlan, scaling: str) -> StackPlan:
+    """Record --philips_scaling on a stack it applies to; FP values are never integers: float32."""
+    if not any(pixels.philips_fp_factor(s.header) for s in stack.slices):
+        return stack
+    return replace(stack, philips_scaling=scaling, dtype="float32" if scaling == "fp" else stack.dtype)
 
 
 def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], digest: Digest | None = None,
-                four_d: bool = True) -> SeriesPlan:
+                four_d: bool = True, philips_scaling: str = "dv") -> SeriesPlan:
     """Dedupe, split into stacks, order every stack of one series, and join the volumes of one grid
     into 4D stacks unless `four_d` is off (headers, and pixels only for duplicate candidates: `digest`)."""
     digest = _memo(digest)
@@ -383,8 +409,8 @@ def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], dig
     split_by, groups = _groups(unique)
     stacks = [_stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
               for i, (attrs, members) in enumerate(groups)]
-    return SeriesPlan(series_instance_uid, merge_4d(series_instance_uid, stacks, four_d),
-                      tuple(exclusions + identical))
+    stacks_4d = tuple(with_philips_scaling(s, philips_scaling) for s in merge_4d(series_instance_uid, stacks, four_d))
+    return SeriesPlan(series_instance_uid, stacks_4d, tuple(exclusions + identical))
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -40,8 +40,9 @@ CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 
 # ---- slices CSV -------------------------------------------------------------------------
 # One row per stored plane, volume after volume: t_index is the volume (0 for 3D), z_index the slice in it.
-SLICE_COLUMNS = ("z_index", "t_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index", "preview_uri")
+# t_index is last: positional readers of the columns before 4D keep working.
+SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index")
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (

@@ -116,14 +116,15 @@ def check_volume(array: Any, record: dict[str, Any], slices: list[dict[str, Any]
     return result
 
 
-def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: int) -> list[str] | str:
+def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: int,
+                scaling: str = "dv") -> list[str] | str:
     """MD5 of `frames` of one source decoded as convert does (every frame when None), or why it could not be read."""
     try:
         size = storage.size_of(uri)
         with storage.open_source(uri, block_size=8 * 1024 * 1024) as fp:
             header = read_header(fp, uri, size)
             fp.seek(0)
-            decoded = pixels.decode(fp, header, max_bytes)
+            decoded = pixels.scaled(pixels.decode(fp, header, max_bytes), header, scaling)
         frames = range(len(decoded)) if frames is None else frames
         if max(frames) >= len(decoded):
             return f"source has {len(decoded)} frames, slices CSV names frame {max(frames)}"
@@ -135,7 +136,7 @@ def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: i
 
 
 def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
-                  executor: Executor | None = None) -> CheckResult:
+                  executor: Executor | None = None, scaling: str = "dv") -> CheckResult:
     """Every source re-decoded (on `executor` when given) to the MD5 the slices CSV recorded."""
     result = CheckResult(SOURCE)
     by_uri: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -144,7 +145,8 @@ def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
     uris = list(by_uri)
     frames = [[r["frame_index"] or 0 for r in by_uri[u]] for u in uris]
     mapper: Callable = executor.map if executor is not None else map
-    for uri, outcome in zip(uris, mapper(source_md5s, uris, frames, [dtype] * len(uris), [max_bytes] * len(uris))):
+    n = len(uris)
+    for uri, outcome in zip(uris, mapper(source_md5s, uris, frames, [dtype] * n, [max_bytes] * n, [scaling] * n)):
         rows = by_uri[uri]
         if isinstance(outcome, str):
             for row in rows:
@@ -160,13 +162,13 @@ def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
 
 
 def check_sources_decode(uris: Sequence[str], dtype: str, max_bytes: int,
-                         executor: Executor | None = None) -> CheckResult:
+                         executor: Executor | None = None, scaling: str = "dv") -> CheckResult:
     """A resampled volume's planes are interpolated, not any source's pixels: each source must still
     decode and fit the volume dtype (one check per file), nothing more can be compared."""
     result = CheckResult(SOURCE)
     mapper: Callable = executor.map if executor is not None else map
     n = len(uris)
-    for uri, outcome in zip(uris, mapper(source_md5s, uris, [None] * n, [dtype] * n, [max_bytes] * n)):
+    for uri, outcome in zip(uris, mapper(source_md5s, uris, [None] * n, [dtype] * n, [max_bytes] * n, [scaling] * n)):
         if isinstance(outcome, str):
             result.fail(f"{uri}: {outcome}")
         else:
@@ -322,9 +324,11 @@ def verify_series(series: dict[str, Any], instances: list[dict[str, Any]], setti
     if resampled:
         uris = sorted({r["source_uri"] for r in instances if r["status"] == schemas.CONVERTED}
                       | {r["source_uri"] for r in slices})
-        results.append(check_sources_decode(uris, record["dtype"], settings.max_pixel_bytes, executor))
+        results.append(check_sources_decode(uris, record["dtype"], settings.max_pixel_bytes, executor,
+                                            record.get("philips_scaling") or "dv"))
     else:
-        results.append(check_sources(slices, record["dtype"], settings.max_pixel_bytes, executor))
+        results.append(check_sources(slices, record["dtype"], settings.max_pixel_bytes, executor,
+                                     record.get("philips_scaling") or "dv"))
     results.append(check_geometry(record, slices, settings.position_tolerance_mm))
     results.append(check_instances(key, slices, instances, resampled))
     thumbnails: list[str] = []

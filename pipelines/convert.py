@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
 from dicom_io import previews
-from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES
+from dicom_io.pixels import DEFAULT_MAX_PIXEL_BYTES, PHILIPS_SCALINGS
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import JobOptions, deid_settings, parse_bool, quiet_main, require, run_job
 from pipelines.report import print_summary
@@ -44,6 +44,9 @@ class ConvertOptions(PipelineOptions):
                             help="Gantry-tilted stacks: keep (sheared affine) or resample to an orthogonal grid")
         parser.add_argument("--irregular", choices=IRREGULAR_MODES, default="keep",
                             help="Irregularly spaced stacks: keep, resample to a uniform step, or fail")
+        parser.add_argument("--philips_scaling", choices=PHILIPS_SCALINGS, default="dv",
+                            help="Philips MR values: dv (displayed, the DICOM rescale) or fp (floating point, "
+                                 "DV / (RescaleSlope x (2005,100E) ScaleSlope), float32)")
         parser.add_argument("--stacks_3d", type=parse_bool, nargs="?", const=True, default=False,
                             help="Write every volume of a 4D series (time points, b-values, echoes, triggers) "
                                  "as its own 3D stack instead of one (t, z, y, x) array")
@@ -70,7 +73,7 @@ def settings_of(opts: ConvertOptions) -> ConvertSettings:
     shared = opts.view_as(JobOptions)
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
-                           four_d=not opts.stacks_3d,
+                           four_d=not opts.stacks_3d, philips_scaling=opts.philips_scaling,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -115,3 +116,53 @@ def test_truncated_gzip_source_fails_with_a_reason(tmp_path):
     assert result.series["status"] == "failed"
     reasons = {r["source_uri"]: r["reason"] for r in result.instances}
     assert reasons[zipped[1]].startswith("decode error: compressed file unreadable: EOFError")
+
+
+def _philips_files(tmp_path, scale_slope=2.5, rescale_slope=3.0):
+    """Generated Philips MR slices with (2005,100E) ScaleSlope under its private creator, as scanners write it."""
+    spec = synthetic.SeriesSpec(series_uid=synthetic.uid_from("philips"), study_uid=synthetic.uid_from("st"),
+                                patient_id="P", modality="MR", positions=synthetic.axial_positions(3, 2.0),
+                                iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0), rows=8, cols=8,
+                                slope=rescale_slope, intercept=-6.0)
+    paths = []
+    for i in range(3):
+        path = str(tmp_path / "in" / f"{i}.dcm")
+        synthetic.write_instance(path, spec, i, seed=0, pixels=np.full((8, 8), 10 * (i + 1), dtype=np.uint16))
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer = "Philips Medical Systems"
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0E, "FL", scale_slope)
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def test_philips_scaling_dv_is_the_dicom_rescale_and_fp_divides_by_rs_times_ss(tmp_path):
+    paths = _philips_files(tmp_path)
+    headers = headers_of(paths)
+    assert headers[0].philips_scale == 2.5
+    dv_plan = plan_series(headers[0].series_instance_uid, headers)
+    fp_plan = plan_series(headers[0].series_instance_uid, headers, philips_scaling="fp")
+    [dv] = [convert_stack(s, ConvertSettings(output=str(tmp_path / "dv"))) for s in dv_plan.stacks]
+    [fp] = [convert_stack(s, ConvertSettings(output=str(tmp_path / "fp"), philips_scaling="fp"))
+            for s in fp_plan.stacks]
+    dv_values, fp_values = volume_of(dv), volume_of(fp)
+    assert dv.series["dtype"] == "int16" and fp.series["dtype"] == "float32"
+    assert dv_values[:, 0, 0].tolist() == [3 * 10 - 6, 3 * 20 - 6, 3 * 30 - 6]  # DV = PV x RS + RI
+    assert np.allclose(fp_values, dv_values / (3.0 * 2.5))  # FP = DV / (RS x SS)
+    record = json.loads(open(tmp_path / "fp" / "series" / f"{fp.series['series_key']}.json").read())
+    assert record["philips_scaling"] == "fp"
+    from dicom_io import verify
+
+    slices = list(csv.DictReader(open(tmp_path / "fp" / "slices" / f"{fp.series['series_key']}.csv")))
+    for row in slices:
+        row["frame_index"] = int(row["frame_index"])
+    assert verify.check_sources(slices, "float32", 2**30, scaling="fp").failed == 0  # verify re-scales too
+    assert verify.check_sources(slices, "float32", 2**30).failed == len(slices)
+
+
+def test_philips_scaling_leaves_other_vendors_alone(tmp_path):
+    paths = sorted(os.path.join(CT5N, f) for f in os.listdir(CT5N))
+    headers = headers_of(paths)
+    [stack] = plan_series(headers[0].series_instance_uid, headers, philips_scaling="fp").stacks
+    assert stack.philips_scaling is None and stack.dtype == "int16"

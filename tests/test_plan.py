@@ -139,3 +139,11 @@ def test_other_grids_stay_3d_and_no_geometry_is_never_merged():
     assert [s.n_volumes for s in plan.stacks] == [1, 1]
     lone = [header(i, 0, image_position=None, image_orientation=None) for i in range(2)]
     assert all(s.n_volumes == 1 for s in plan_series("1.2.3", lone).stacks)
+
+
+def test_volumes_that_differ_by_nothing_stay_3d():
+    # the same image twice (other pixels, so not a duplicate), told apart only by occurrence
+    a = [header(i, i) for i in range(3)]
+    b = [dataclasses.replace(header(i, i), source_uri=f"/e/{i:03d}", sop_instance_uid=f"9.{i}") for i in range(3)]
+    plan = plan_series("1.2.3", a + b)
+    assert [s.n_volumes for s in plan.stacks] == [1, 1] and plan.stacks[0].split_by == ("repeated_position",)

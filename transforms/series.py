@@ -42,7 +42,8 @@ class ConvertSeriesFn(beam.DoFn):
         series_uid, headers = element
         try:
             digest = partial(pixel_digest, max_bytes=self._settings.max_pixel_bytes)
-            plan = plan_series(series_uid, headers, digest, four_d=self._settings.four_d)
+            plan = plan_series(series_uid, headers, digest, four_d=self._settings.four_d,
+                               philips_scaling=self._settings.philips_scaling)
             rows = exclusion_rows(plan)
             self.duplicates.inc(len(rows))
             for stack in plan.stacks:
