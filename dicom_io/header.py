@@ -1,7 +1,9 @@
 """Header-only reading: one small, picklable record per file, never the pixel data.
 
-The record is what crosses the shuffle, so it holds only what grouping, ordering, dtype
-choice and the output tables need (a few hundred bytes per instance).
+One parse (`parse_header`: bounded, never the pixels), one record (`header_record`), and
+`read_header` for both. The record is what crosses the shuffle, so it holds only what grouping,
+ordering, dtype choice and the output tables need (a few hundred bytes per instance); the values
+that tell volumes apart come from one table, `dicom_io.attributes.VOLUME_ATTRIBUTES`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The output contract, written once: layout under OUT, table columns and their types.
 
 Every pipeline builds paths and rows through this module (README: "Output contract").
+Volumes are (z, y, x[, c]) or, when a series has several volumes on one grid, (t, z, y, x):
+`n_volumes` and `volumes` (per-volume attributes) in the series table and JSON, `t_index` in
+the slices CSV.
 """
 
 from __future__ import annotations
