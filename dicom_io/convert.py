@@ -420,13 +420,19 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
 
 
 def pixel_digest(h: InstanceHeader, max_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES) -> str:
-    """MD5 of an instance's decoded values (for identical-pixel duplicates); undecodable: unique."""
+    """MD5 of an instance's decoded values (duplicate rules); undecodable: unique.
+
+    Values, not their dtype: a native read gives uint16 where pydicom's modality LUT gives float64
+    for the same image in another encoding. Integral values hash as int64, others as float64.
+    """
     try:
         with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
             values = pixels.decode(fp, h, max_bytes)
-    except (DicomflowError, FileNotFoundError):
+    except (DicomflowError, FileNotFoundError, EOFError, zlib.error):
         return f"undecodable:{h.source_uri}"
-    return hashlib.md5(str(values.dtype).encode() + np.ascontiguousarray(values).tobytes()).hexdigest()
+    integral = values.dtype.kind in "iub" or bool(np.all(np.isfinite(values)) and np.all(values == np.rint(values)))
+    canonical = values.astype(np.int64 if integral else np.float64)
+    return hashlib.md5(f"{values.shape}".encode() + np.ascontiguousarray(canonical).tobytes()).hexdigest()
 
 
 STATUS_RANK = {schemas.CONVERTED: 0, schemas.SKIPPED: 1, schemas.FAILED: 2}

@@ -166,3 +166,63 @@ def test_philips_scaling_leaves_other_vendors_alone(tmp_path):
     headers = headers_of(paths)
     [stack] = plan_series(headers[0].series_instance_uid, headers, philips_scaling="fp").stacks
     assert stack.philips_scaling is None and stack.dtype == "int16"
+
+
+# ---- duplicate rules on generated files (plan_series with the real pixel digest) -----------------
+
+def _spec(name):
+    return synthetic.SeriesSpec(series_uid=synthetic.uid_from("dup", name), study_uid=synthetic.uid_from("st"),
+                                patient_id="P", modality="MR", positions=synthetic.axial_positions(2, 2.0),
+                                iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0), rows=8, cols=8,
+                                intercept=0.0)
+
+
+def _plan(paths):
+    from dicom_io.convert import pixel_digest
+
+    headers = headers_of(paths)
+    return plan_series(headers[0].series_instance_uid, headers, pixel_digest)
+
+
+def test_same_sop_uid_and_pixels_in_another_encoding_is_a_duplicate(tmp_path):
+    spec = _spec("twin")
+    plain, rle = str(tmp_path / "a.dcm"), str(tmp_path / "b_rle.dcm")
+    synthetic.write_instance(plain, spec, 0, seed=0)
+    ds = pydicom.dcmread(plain)
+    ds.compress("1.2.840.10008.1.2.5", generate_instance_uid=False)  # RLE, the same SOPInstanceUID
+    ds.save_as(rle)
+    plan = _plan([plain, rle])
+    [excluded] = plan.exclusions
+    assert excluded.header.source_uri == rle and excluded.reason == f"duplicate: same SOPInstanceUID and pixels as {plain}"
+
+
+def test_same_sop_uid_with_other_pixels_is_kept(tmp_path):
+    spec = _spec("edited")
+    first, edited = str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm")
+    synthetic.write_instance(first, spec, 0, seed=0)
+    synthetic.write_instance(edited, spec, 0, seed=0, pixels=np.full((8, 8), 7, dtype=np.uint16))  # same UID
+    plan = _plan([first, edited])
+    assert plan.exclusions == ()
+    assert sorted(s.slices[0].header.source_uri for s in plan.stacks) == [first, edited]
+
+
+def _with_b_value(path, b_value):
+    ds = pydicom.dcmread(path)
+    ds.DiffusionBValue = b_value
+    ds.save_as(path)
+
+
+def test_identical_pixels_under_other_uids_are_duplicates_only_within_one_volume(tmp_path):
+    spec = _spec("b0")
+    same = np.full((8, 8), 100, dtype=np.uint16)
+    paths = {}
+    for name, b, uid in (("b0", 0, "2.25.1"), ("b0_again", 0, "2.25.2"), ("b1000", 1000, "2.25.3")):
+        paths[name] = str(tmp_path / f"{name}.dcm")
+        synthetic.write_instance(paths[name], spec, 0, seed=0, sop_uid=uid, pixels=same)
+        _with_b_value(paths[name], b)
+    plan = _plan(list(paths.values()))
+    [excluded] = plan.exclusions  # b0_again: the same image at the same place in the same volume
+    assert excluded.header.source_uri == paths["b0_again"]
+    assert excluded.reason == f"duplicate: identical pixels at the same position as {paths['b0']}"
+    [stack] = plan.stacks  # b=0 and b=1000 keep their identical pixels: two volumes of one 4D stack
+    assert [v["b_value"] for v in stack.volumes] == [0, 1000]
