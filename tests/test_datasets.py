@@ -190,3 +190,13 @@ def test_unmatched_csv_and_summary():
     summary = datasets.summary("vlm", {"pairs": 3}, unmatched)
     assert summary["unmatched"] == 2 and summary["pairs"] == 3
     assert summary["unmatched_by_reason"] == {"report": {datasets.NO_SERIES: 1}, "labels": {datasets.NO_DESCRIBED_SERIES: 1}}
+
+
+def test_series_images_of_a_4d_series_use_the_first_volume_middle_preview(tmp_path):
+    out = str(tmp_path)
+    header = ",".join(schemas.SLICE_COLUMNS)
+    rows = [f"{z},u{t}{z},{z + 1},0,0,{z},/in/{t},md5,{z},{'mid.png' if (t, z) == (0, 1) else ''},{t}"
+            for t in range(2) for z in range(3)]  # --previews=middle on a (2, 3, y, x) array
+    storage.write_bytes(schemas.slices_csv_uri(out, "k4"), ("\n".join([header] + rows) + "\n").encode())
+    images = datasets.series_images(out, "k4")
+    assert images["preview_uri"] == "mid.png" and images["image_uris"] == ["mid.png"]
