@@ -20,6 +20,7 @@ import numpy as np
 from dicom_io.errors import HeaderError
 
 Vector = tuple[float, float, float]
+MAX_IMAGES = 4096  # a mosaic holds at most this many slices (scanners write up to a few hundred)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,10 @@ def read_mosaic(ds: Any, image_type: tuple[str, ...], rows: int, columns: int, i
     if not n_images:
         raise HeaderError("invalid header: ImageType MOSAIC without NumberOfImagesInMosaic in the Siemens CSA header")
     n_images = int(n_images)
+    if not 1 <= n_images <= MAX_IMAGES:
+        raise HeaderError(f"invalid header: NumberOfImagesInMosaic is {n_images} (at most {MAX_IMAGES})")
     grid = math.ceil(math.sqrt(n_images))
-    if rows % grid or columns % grid:
+    if rows < grid or columns < grid or rows % grid or columns % grid:
         raise HeaderError(f"invalid header: a {rows} x {columns} mosaic cannot hold a {grid} x {grid} grid "
                           f"of {n_images} images")
     try:

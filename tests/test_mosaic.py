@@ -111,6 +111,26 @@ def test_demosaic_equals_nibabel_on_patterned_tiles(patterned):
     assert np.array_equal(np.moveaxis(reference, 2, 0), tiles)
 
 
+def test_absurd_number_of_images_in_mosaic_is_refused_before_any_allocation(tmp_path):
+    from nibabel.nicom import csareader
+
+    ds = pydicom.dcmread(io.BytesIO(gzip.open(DWI[0]).read()))
+    h = _header(DWI[0])
+    raw = ds[0x00291010].value
+    csa = csareader.read(raw)
+    assert csa["tags"]["NumberOfImagesInMosaic"]["items"] == [N_IMAGES]
+    # rewrite the CSA item "48" as "99999999" in place (same length: the item is "48" + 6 spaces)
+    at = raw.index(b"NumberOfImagesInMosaic")
+    patched = raw[:at] + raw[at:].replace(b"48      ", b"99999999", 1)
+    assert patched != raw and csareader.read(patched)["tags"]["NumberOfImagesInMosaic"]["items"] == [99999999]
+    ds[0x00291010].value = patched
+    path = str(tmp_path / "absurd.dcm")
+    ds.save_as(path)
+    with pytest.raises(HeaderError, match="NumberOfImagesInMosaic is 99999999"):
+        _header(path)
+    assert h.mosaic.n_images == N_IMAGES
+
+
 def test_bad_mosaic_layout_is_an_invalid_header(tmp_path):
     ds = pydicom.dcmread(io.BytesIO(gzip.open(DWI[0]).read()))
     ds.Rows = ds.Columns = 900  # not a multiple of the 7 x 7 grid
