@@ -183,6 +183,12 @@ def test_4d_array_matches_dcm2niix_voxels_affine_bvals_and_bvecs(converted):
     bvals = [float(v) for v in open(os.path.join(d2n, "dwi.bval")).read().split()]
     assert image.shape == (TILE, TILE, N_IMAGES, 2) and bvals == [0.0, 1000.0]
     assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) is None
+    assert matches(np.asarray(image.dataobj), image.affine, [0.0, 900.0], volume).startswith("b-values")
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 0.5  # half a voxel off: another grid
+    assert matches(np.asarray(image.dataobj), shifted, bvals, volume) == "other grid"
+    volume.data[5, 6, 7, 1] += 1
+    assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) == "voxels differ"
     # .bvec (FSL, image axes; dcm2niix flips the row axis, so y changes sign) from diffusion_direction_image
     bvec = np.loadtxt(os.path.join(d2n, "dwi.bvec"))
     record = json.load(open(glob.glob(os.path.join(out4, "series", "*.json"))[0]))
