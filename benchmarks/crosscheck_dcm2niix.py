@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
