@@ -216,3 +216,19 @@ def test_verify_passes_on_the_4d_output(converted):
     assert result["status"] == schemas.OK and result["checks_failed"] == 0, result
     assert result["checks_passed"] >= 2 * N_IMAGES * 2  # every plane of both volumes, stored and re-decoded
     assert verify_job.exit_status(["--output", out4]) == 0
+
+
+def test_previews_of_a_4d_array_name_every_plane_and_the_first_volume_middle(patterned, tmp_path):
+    out = str(tmp_path / "out")
+    run(["--input", os.path.dirname(patterned[0][0]), "--output", out, "--previews", "all", *RUNNER_ARGS])
+    [row] = read_table(out, "series").to_pylist()
+    slices = list(csv.DictReader(open(os.path.join(out, "slices", f"{row['series_key']}.csv"))))
+    uris = [r["preview_uri"] for r in slices]
+    assert len(set(uris)) == 2 * N_IMAGES and all(os.path.exists(u) for u in uris)  # one file per plane
+    assert uris[N_IMAGES].endswith(f"{N_IMAGES:05d}.jpg")  # t=1, z=0: planes numbered volume after volume
+    middle = str(tmp_path / "middle")
+    run(["--input", os.path.dirname(patterned[0][0]), "--output", middle, "--previews", "middle", *RUNNER_ARGS])
+    slices = list(csv.DictReader(open(os.path.join(middle, "slices", f"{row['series_key']}.csv"))))
+    marked = [(r["t_index"], r["z_index"]) for r in slices if r["preview_uri"]]
+    assert marked == [("0", str(N_IMAGES // 2))]
+    assert os.path.exists(os.path.join(middle, "previews", f"{row['series_key']}_montage.jpg"))
