@@ -12,15 +12,16 @@ import csv
 import hashlib
 import io
 import json
+import zlib
 from collections import deque
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import numpy as np
 
 from dicom_io import geometry, pixels, previews, resample, schemas, storage, zipstore
-from dicom_io.errors import DicomflowError, StorageError
+from dicom_io.errors import DicomflowError, StorageError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
 from dicom_io.volume import ARRAY_NAME, COMPRESSION_LEVEL, VolumeWriter, choose_layout, slice_md5
@@ -43,6 +44,8 @@ class ConvertSettings:
     tilt: str = "keep"  # TILT_MODES
     irregular: str = "keep"  # IRREGULAR_MODES
     store: str = schemas.STORE_DIRECTORY  # schemas.VOLUME_STORES: volumes/{key}.zarr or volumes/{key}.zarr.zip
+    four_d: bool = True  # volumes of one grid as one (t, z, y, x) array; False: a 3D stack each
+    philips_scaling: str = "dv"  # pixels.PHILIPS_SCALINGS
 
 
 @dataclass
@@ -72,8 +75,10 @@ def spacing_zyx(plan: StackPlan) -> list[float | None]:
 
 
 def output_grid(plan: StackPlan, settings: ConvertSettings) -> resample.Grid | None:
-    """The resampling grid when --tilt / --irregular ask for one and the stack needs it."""
+    """The resampling grid when --tilt / --irregular ask for one and the stack needs it (3D stacks only)."""
     ordering, orientation = plan.ordering, plan.slices[0].orientation
+    if plan.n_volumes > 1:
+        return None
     positions = [s.position for s in plan.slices]
     if ordering.geometry == geometry.TILTED and settings.tilt == "resample":
         return resample.tilt_grid(positions, orientation, plan.first.pixel_spacing or (1.0, 1.0))
@@ -100,7 +105,10 @@ def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict
         "stack_attributes": plan.stack_attributes,
         "modality": first.modality,
         "n_slices": plan.n_slices,
-        "shape": [plan.n_slices, first.rows, first.columns] + ([3] if plan.colour else []),
+        "n_volumes": plan.n_volumes,
+        "volumes": list(plan.volumes),
+        "shape": ([plan.n_volumes] if plan.n_volumes > 1 else []) + [plan.n_slices, first.plane_rows,
+                                                                       first.plane_columns] + ([3] if plan.colour else []),
         "dtype": plan.dtype,
         "spacing": spacing_zyx(plan),
         "affine_lps": affine,
@@ -112,6 +120,7 @@ def dicom_attributes(plan: StackPlan, grid: resample.Grid | None = None) -> dict
         "tilt_degrees": ordering.tilt_degrees,
         "monochrome1": first.photometric == "MONOCHROME1",
         "resampled_from": None,
+        "philips_scaling": plan.philips_scaling,
         "tags": first.series_tags,
     }
 
@@ -140,6 +149,8 @@ def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
         z = abs(sum(v * v for v in plan.ordering.step_vector) ** 0.5)
     axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
     scale = [float(v) if v else 1.0 for v in (z, y, x)]
+    if plan.n_volumes > 1:  # volumes along t: index order, their times are in `dicom.volumes`
+        axes, scale = [{"name": "t", "type": "time"}] + axes, [1.0] + scale
     return {"ome": {"version": "0.5", "multiscales": [{
         "name": plan.series_key, "axes": axes,
         "datasets": [{"path": ARRAY_NAME, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
@@ -154,20 +165,24 @@ def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
-def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int) -> tuple[InstanceHeader, list, list[str]]:
-    """Read and decode one instance, keep `frames` (in that order) cast to `dtype`, with their MD5s."""
+def _load(h: InstanceHeader, frames: list[int], dtype: str, max_bytes: int, scaling: str = "dv"
+          ) -> tuple[InstanceHeader, list, list[str]]:
+    """Read and decode one instance (Philips values scaled as asked), keep `frames` (in that order)
+    cast to `dtype`, with their MD5s."""
     try:
-        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
-            size = fp.seek(0, 2)
+        with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+            size = fp.seek(0, 2) if storage.compression_of(h.source_uri) is None else storage.size_of(h.source_uri)
             if size != h.size_bytes:  # the header pass described another file
                 raise StackFailed(h, f"source changed since its header was read ({h.size_bytes} -> {size} bytes)")
             fp.seek(0)
-            decoded = pixels.decode(fp, h, max_bytes)
+            decoded = pixels.scaled(pixels.decode(fp, h, max_bytes), h, scaling)
         planes = [pixels.to_stored(decoded[f], dtype) for f in frames]
     except FileNotFoundError as exc:
         raise StackFailed(h, f"source disappeared: {exc}") from exc
-    except (StorageError, StackFailed):
+    except (StorageError, StackFailed, ValuesDoNotFitError):
         raise
+    except (EOFError, zlib.error) as exc:  # a truncated or corrupt .gz source
+        raise StackFailed(h, f"decode error: compressed file unreadable: {type(exc).__name__}: {exc}") from exc
     except DicomflowError as exc:
         raise StackFailed(h, str(exc)) from exc
     except ArithmeticError as exc:  # absurd rescale values
@@ -186,17 +201,17 @@ def _runs(plan: StackPlan) -> list[tuple[InstanceHeader, list[SliceRef]]]:
     return runs
 
 
-def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Iterator[tuple]:
+def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None, scaling: str = "dv") -> Iterator[tuple]:
     """(slices, planes, md5s) per run in z order, decoded up to READ_AHEAD runs ahead on `executor`."""
     runs = _runs(plan)
     if executor is None:
         for h, refs in runs:
-            yield refs, *_load(h, [r.frame for r in refs], plan.dtype, max_bytes)[1:]
+            yield refs, *_load(h, [r.frame for r in refs], plan.dtype, max_bytes, scaling)[1:]
         return
     pending: deque = deque()
     try:
         for h, refs in runs:
-            pending.append((refs, executor.submit(_load, h, [r.frame for r in refs], plan.dtype, max_bytes)))
+            pending.append((refs, executor.submit(_load, h, [r.frame for r in refs], plan.dtype, max_bytes, scaling)))
             if len(pending) >= READ_AHEAD:
                 refs_done, future = pending.popleft()
                 yield refs_done, *future.result()[1:]
@@ -208,9 +223,12 @@ def _loaded(plan: StackPlan, max_bytes: int, executor: Executor | None) -> Itera
             future.cancel()
 
 
-def _slice_row(z: int, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+def _slice_row(i: int, plan: StackPlan | None, ref: SliceRef, position, digest: str) -> dict[str, Any]:
+    """Row of plane `i` (in storage order: volume after volume) of the slices CSV; `plan` None for a
+    resampled (3D) output, whose planes are not the plan's slices."""
     ipp = position or (None, None, None)
-    return {"z_index": z, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
+    t, z = divmod(i, plan.n_slices) if plan is not None else (0, i)
+    return {"z_index": z, "t_index": t, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
             "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None}
 
@@ -227,9 +245,10 @@ class _SlicePreviews:
         if not self.enabled:
             return
         p = self._settings.previews
-        uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, row["z_index"],
+        plane_index = row["t_index"] * self._plan.n_slices + row["z_index"]  # volume after volume for 4D
+        uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, plane_index,
                                          ref.header.sop_instance_uid, ref.header.label, ref.frame,
-                                         ref.header.number_of_frames)
+                                         ref.header.n_planes)
         row["preview_uri"] = uri
         if self._executor is None:
             previews.write_slice(uri, plane, self._dicom, p)
@@ -251,28 +270,40 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
         except DicomflowError as exc:
             raise StackFailed(h, str(exc)) from exc
     dicom = attributes["dicom"]
-    layout = choose_layout(dicom["n_slices"], first.rows, first.columns, dicom["dtype"], 3 if plan.colour else 1)
+    layout = choose_layout(dicom["n_slices"], first.plane_rows, first.plane_columns, dicom["dtype"],
+                           3 if plan.colour else 1, dicom["n_volumes"])
     writer = VolumeWriter(uri, layout, attributes, settings.compression_level)
     slice_previews = _SlicePreviews(plan, dicom, settings, executor)
+    try:
+        rows = _stream(plan, writer, slice_previews, _loaded(plan, max_bytes, executor, settings.philips_scaling),
+                       grid)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    slice_previews.wait()
+    if settings.previews.mode == "middle":
+        _series_previews(uri, dicom, settings, plan.series_key, rows)
+    return rows
+
+
+def _stream(plan: StackPlan, writer: VolumeWriter, slice_previews: _SlicePreviews, loaded: Iterator[tuple],
+            grid: resample.Grid | None) -> list[dict[str, Any]]:
+    """Append every decoded plane (resampled through `grid` when given); the slices CSV rows."""
     rows: list[dict[str, Any]] = []
-    loaded = _loaded(plan, max_bytes, executor)
     if grid is None:
         for refs, planes, digests in loaded:
             for ref, plane, digest in zip(refs, planes, digests):
                 writer.append(plane)
-                rows.append(_slice_row(len(rows), ref, ref.position, digest))
+                rows.append(_slice_row(len(rows), plan, ref, ref.position, digest))
                 slice_previews.add(rows[-1], ref, plane)
     else:  # each output plane is recorded with the lower of the input slices it was made from
         inputs = (plane for _, planes, _ in loaded for plane in planes)
         for z, plane in enumerate(resample.resample(inputs, grid)):
             writer.append(plane)
             ref = plan.slices[grid.sources[z][0]]
-            rows.append(_slice_row(z, ref, grid.positions[z], slice_md5(plane)))
+            rows.append(_slice_row(z, None, ref, grid.positions[z], slice_md5(plane)))
             slice_previews.add(rows[-1], ref, plane)
-    writer.close()
-    slice_previews.wait()
-    if settings.previews.mode == "middle":
-        _series_previews(uri, dicom, settings, plan.series_key, rows)
     return rows
 
 
@@ -299,7 +330,7 @@ def _series_previews(uri: str, dicom: dict[str, Any], settings: ConvertSettings,
     volume = zarr.open_group(storage.zarr_store(uri), mode="r")[ARRAY_NAME]
     uris = previews.series_preview_uris(settings.output, settings.previews, key)
     previews.write_series(volume, dicom, settings.previews, uris)
-    rows[len(rows) // 2]["preview_uri"] = uris[0]
+    rows[dicom["n_slices"] // 2]["preview_uri"] = uris[0]  # the middle slice of the first volume
 
 
 def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
@@ -309,24 +340,24 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     p = settings.previews
     shown = "" if p.mode == "none" else f"+previews:{p.mode}:{p.fmt}:{p.naming}"
     stored = "" if settings.store == schemas.STORE_DIRECTORY else f"+store:{settings.store}"
-    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}{stored}"
+    return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}{stored}"  # plan: philips_scaling
 
 
-def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any]) -> dict[str, Any]:
+def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {**dicom, "status": schemas.CONVERTED, "reason": "",
             "zarr_uri": schemas.volume_uri(settings.output, plan.series_key, settings.store),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
             "provenance": {"pipeline_version": PIPELINE_VERSION,
-                           "input_fingerprint": _fingerprint(plan, settings),
+                           "input_fingerprint": fingerprint,
                            "source_count": len(plan.instances)}}
 
 
 def _converted_rows(plan: StackPlan) -> list[dict[str, Any]]:
     """One row per instance of the stack, with the z index of its first slice."""
     first_z: dict[str, int] = {}
-    for z, s in enumerate(plan.slices):
-        first_z.setdefault(s.header.source_uri, z)
+    for i, s in enumerate(plan.slices):
+        first_z.setdefault(s.header.source_uri, i % plan.n_slices)
     return [schemas.instance_row(h.source_uri, schemas.CONVERTED, "", h.sop_instance_uid, h.series_instance_uid,
                                  plan.series_key, first_z[h.source_uri]) for h in plan.instances]
 
@@ -359,6 +390,23 @@ def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) ->
     return StackResult(schemas.series_row(record), instances)
 
 
+def _write_widening(plan: StackPlan, zarr_uri: str, settings: ConvertSettings, executor: Executor | None
+                    ) -> tuple[StackPlan, dict[str, Any], list[dict[str, Any]]]:
+    """Write the volume in the plan's dtype; when a decoded value does not fit, redo it one type wider."""
+    grid = output_grid(plan, settings)
+    while True:
+        dicom = dicom_attributes(plan, grid)
+        try:
+            return plan, dicom, _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
+                                              settings, executor, grid)
+        except ValuesDoNotFitError as exc:
+            wider = pixels.wider_dtype(plan.dtype)
+            if wider is None:
+                raise StackFailed(None, f"invalid image: {exc}") from exc
+            storage.remove_tree(zarr_uri)
+            plan = replace(plan, dtype=wider)
+
+
 def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor | None = None) -> StackResult:
     """Write (or reuse, when committed with the same inputs) one stack's volume, CSV and JSON.
 
@@ -377,30 +425,34 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     if plan.ordering.geometry == geometry.IRREGULAR_SPACING and settings.irregular == "fail":
         reason = f"irregular spacing (largest step {plan.ordering.max_gap:.3f} mm) and --irregular=fail"
         return _failed(plan, StackFailed(None, reason), settings)
-    grid = output_grid(plan, settings)
-    dicom = dicom_attributes(plan, grid)
+    fingerprint = _fingerprint(plan, settings)  # of the plan as planned, whatever dtype it ends in
     try:
-        slices = _write_to_store(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                                 settings, executor, grid)
+        plan, dicom, slices = _write_widening(plan, zarr_uri, settings, executor)
     except StackFailed as failure:
         return _failed(plan, failure, settings)
     except OSError as exc:  # full disk, read-only store: the job fails, naming where
         raise StorageError(f"cannot write {zarr_uri}: {exc}") from exc
     written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
-    record = _record(plan, settings, dicom)
+    record = _record(plan, settings, dicom, fingerprint)
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
     written += storage.tree_size(zarr_uri)
     return StackResult(schemas.series_row(record), _converted_rows(plan), written, slices=slices)
 
 
 def pixel_digest(h: InstanceHeader, max_bytes: int = pixels.DEFAULT_MAX_PIXEL_BYTES) -> str:
-    """MD5 of an instance's decoded values (for identical-pixel duplicates); undecodable: unique."""
+    """MD5 of an instance's decoded values (duplicate rules); undecodable: unique.
+
+    Values, not their dtype: a native read gives uint16 where pydicom's modality LUT gives float64
+    for the same image in another encoding. Integral values hash as int64, others as float64.
+    """
     try:
-        with storage.open_read(h.source_uri, block_size=8 * 1024 * 1024) as fp:
+        with storage.open_source(h.source_uri, block_size=8 * 1024 * 1024) as fp:
             values = pixels.decode(fp, h, max_bytes)
-    except (DicomflowError, FileNotFoundError):
+    except (DicomflowError, FileNotFoundError, EOFError, zlib.error):
         return f"undecodable:{h.source_uri}"
-    return hashlib.md5(str(values.dtype).encode() + np.ascontiguousarray(values).tobytes()).hexdigest()
+    integral = values.dtype.kind in "iub" or bool(np.all(np.isfinite(values)) and np.all(values == np.rint(values)))
+    canonical = values.astype(np.int64 if integral else np.float64)
+    return hashlib.md5(f"{values.shape}".encode() + np.ascontiguousarray(canonical).tobytes()).hexdigest()
 
 
 STATUS_RANK = {schemas.CONVERTED: 0, schemas.SKIPPED: 1, schemas.FAILED: 2}

@@ -154,11 +154,13 @@ def split_of(group: str, spec: SplitSpec) -> str:
 
 def series_images(output: str, series_key: str) -> dict[str, Any]:
     """URIs a dataset row points at: the volume, the slices CSV and, once convert writes a
-    `preview_uri` column, every slice preview (z order) and the middle one."""
+    `preview_uri` column, every slice preview (z order, volume after volume for 4D) and the middle
+    one of the first volume."""
     slices_uri = schemas.slices_csv_uri(output, series_key)
     slices = schemas.parse_slices_csv(storage.read_bytes(slices_uri))
     previews = [r.get("preview_uri") or "" for r in slices]
-    middle = previews[len(previews) // 2] if previews else ""
+    first_volume = [r.get("preview_uri") or "" for r in slices if not r["t_index"]]
+    middle = first_volume[len(first_volume) // 2] if first_volume else ""
     return {"volume_uri": schemas.committed_volume_uri(output, series_key), "slices_uri": slices_uri,
             "preview_uri": middle or None, "image_uris": [p for p in previews if p]}
 

@@ -101,14 +101,33 @@ class Deidentifier:
                 out[name] = value
         return out
 
+    def shift_datetime(self, value: Any, patient_id: str) -> Any:
+        """A DT value (YYYYMMDDhhmmss...) with its date moved back like shift_date; a TM (time of
+        day only, hhmmss.ffffff) is kept, as the profile's longitudinal option keeps times."""
+        text = str(value)
+        if len(text) < 8 or not text[:8].isdigit():
+            return value
+        day = self.shift_date(text[:8], patient_id)
+        return None if day is None else day + text[8:]
+
+    def _volume(self, values: tuple, patient_id: str) -> tuple:
+        """Volume attributes (dicom_io.attributes) with the acquisition date shifted."""
+        return tuple((k, self.shift_datetime(v, patient_id) if k == "acquisition_time" and v else v)
+                     for k, v in values)
+
     def header(self, h: InstanceHeader) -> InstanceHeader:
         """The record with identifying values replaced; geometry and pixel description kept."""
+        patient = str(h.series_tags.get("PatientID") or "")
+        frames = None if h.frames is None else tuple(
+            dataclasses.replace(f, volume=self._volume(f.volume, patient)) for f in h.frames)
         return dataclasses.replace(
             h,
             sop_instance_uid=self.uid(h.sop_instance_uid),
             series_instance_uid=self.uid(h.series_instance_uid),
             study_instance_uid=self.uid(h.study_instance_uid),
             series_tags=self.tags(h.series_tags),
+            volume=self._volume(h.volume, patient),
+            frames=frames,
         )
 
 

@@ -29,5 +29,9 @@ class InconsistentSeriesError(DicomflowError):
     """Slices of one stack disagree (shape, dtype, samples) so they cannot form one volume."""
 
 
+class ValuesDoNotFitError(InconsistentSeriesError):
+    """Decoded values fall outside the volume's dtype: the stack is redone in a wider one."""
+
+
 class StorageError(DicomflowError):
     """Reading or writing a URI failed (permissions, missing bucket, full disk)."""

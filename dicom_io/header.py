@@ -1,7 +1,9 @@
 """Header-only reading: one small, picklable record per file, never the pixel data.
 
-The record is what crosses the shuffle, so it holds only what grouping, ordering, dtype
-choice and the output tables need (a few hundred bytes per instance).
+One parse (`parse_header`: bounded, never the pixels), one record (`header_record`), and
+`read_header` for both. The record is what crosses the shuffle, so it holds only what grouping,
+ordering, dtype choice and the output tables need (a few hundred bytes per instance); the values
+that tell volumes apart come from one table, `dicom_io.attributes.VOLUME_ATTRIBUTES`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import dataclasses
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -18,8 +20,10 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
-from dicom_io import deflate
+from dicom_io import attributes, deflate
+from dicom_io.attributes import Values
 from dicom_io.errors import DicomflowError, HeaderError, NoPixelDataError, NotDicomError
+from dicom_io.mosaic import Mosaic, read_mosaic
 
 HEADER_INFLATE_LIMIT = 64 * 1024 * 1024  # a deflated header is parsed from at most this much
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
@@ -38,15 +42,13 @@ SERIES_TAGS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class FrameInfo:
-    """One frame of an enhanced multi-frame instance, from its functional groups (C.7.6.16)."""
+    """One plane of a multi-plane instance: an enhanced frame (its functional groups, C.7.6.16)
+    or a tile of a Siemens mosaic."""
 
     position: tuple[float, float, float] | None
     orientation: tuple[float, float, float, float, float, float] | None
     rescale: tuple[float, float]  # (slope, intercept) from PixelValueTransformationSequence
-    echo: float | None = None  # MREchoSequence EffectiveEchoTime
-    temporal_position: int | None = None  # FrameContentSequence TemporalPositionIndex
-    b_value: float | None = None  # MRDiffusionSequence DiffusionBValue
-    stack_id: str | None = None  # FrameContentSequence StackID
+    volume: Values = ()  # attributes.VOLUME_ATTRIBUTES of this frame
 
 
 @dataclass(frozen=True)
@@ -76,20 +78,43 @@ class InstanceHeader:
     pixel_representation: int
     rescale_slope: float
     rescale_intercept: float
-    echo_number: int | None = None
-    echo_time: float | None = None
-    temporal_position: int | None = None
-    trigger_time: float | None = None
-    acquisition_number: int | None = None
-    diffusion_b_value: float | None = None
+    volume: Values = ()  # attributes.VOLUME_ATTRIBUTES of the instance: (name, value), table order
     pixel_element: str | None = None
     pixel_offset: int | None = None  # byte offset of the PixelData value (native encodings only)
     pixel_length: int | None = None  # its declared length; None when undefined (encapsulated)
     modality_lut_sequence: bool = False  # (0028,3000): output range set by the LUT, not slope/intercept
-    frames: tuple[FrameInfo, ...] | None = None  # enhanced multi-frame: per-frame geometry and values
+    frames: tuple[FrameInfo, ...] | None = None  # enhanced multi-frame or mosaic: per-plane geometry and values
+    mosaic: Mosaic | None = None  # Siemens mosaic: the stored image is a grid of `frames`
+    philips_scale: float | None = None  # (2005,100E) Philips MR ScaleSlope, for --philips_scaling=fp
     burned_in_annotation: str | None = None  # (0028,0301): identifying text in the pixels
     label: str | None = None  # the file's value in the manifest's label column (preview names)
     series_tags: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def value(self, name: str) -> Any:
+        """The instance's value of a volume attribute (attributes.VOLUME_ATTRIBUTES), None when absent."""
+        return dict(self.volume).get(name)
+
+    @property
+    def acquisition_number(self) -> int | None:
+        return self.value("acquisition_number")
+
+    @property
+    def echo_time(self) -> float | None:
+        return self.value("echo_time")
+
+    @property
+    def plane_rows(self) -> int:
+        """Rows of one slice: (0028,0010) Rows, or a mosaic tile's."""
+        return self.mosaic.tile_rows if self.mosaic else self.rows
+
+    @property
+    def plane_columns(self) -> int:
+        return self.mosaic.tile_columns if self.mosaic else self.columns
+
+    @property
+    def n_planes(self) -> int:
+        """Slices this instance holds: its frames, or the images of a mosaic."""
+        return self.mosaic.n_images if self.mosaic else self.number_of_frames
 
     @property
     def is_localizer(self) -> bool:
@@ -139,19 +164,6 @@ def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] 
     if len(numbers) != count or not all(math.isfinite(n) for n in numbers):  # inf/nan: no geometry
         return None
     return numbers
-
-
-def _b_value(ds: pydicom.Dataset) -> float | None:
-    if "DiffusionBValue" in ds:
-        return _num(ds, "DiffusionBValue", float)
-    for tag in (0x0019100C, 0x0043039F):  # Siemens / GE private b-value
-        if tag in ds:
-            try:
-                raw = ds[tag].value
-                return float(raw[0] if isinstance(raw, (list, MultiValue)) else raw)
-            except (TypeError, ValueError, IndexError):
-                return None
-    return None
 
 
 def _parse(fp: IO[bytes], uri: str) -> pydicom.Dataset:
@@ -226,8 +238,21 @@ def _pixel_element(fp: IO[bytes], ds: pydicom.Dataset) -> tuple[str | None, int 
 IMAGE_MODULE = ("Rows", "Columns", "BitsAllocated")
 
 
-def _bounded_parse(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Dataset, str | None, int | None, int | None]:
-    """Header (never the pixels) and the pixel element after it; every failure a specific error."""
+class ParsedHeader(NamedTuple):
+    """What the one bounded parse of a file gives: the dataset (pixels never read, values over
+    64 KB deferred) and the pixel element after it (None for SR, RT, KO, DICOMDIR...)."""
+
+    dataset: pydicom.Dataset
+    pixel_element: str | None
+    pixel_offset: int | None  # byte offset of a native PixelData value
+    pixel_length: int | None  # its declared length; None when undefined (encapsulated)
+
+
+def parse_header(fp: IO[bytes], uri: str, size_bytes: int) -> ParsedHeader:
+    """The one parse: header only, never the pixels; every failure a NotDicomError with its reason.
+
+    An object without pixel data is not an error here (pipelines.manifest lists it).
+    """
     if size_bytes == 0:
         raise NotDicomError("not dicom: empty file")
     try:
@@ -251,16 +276,23 @@ def _bounded_parse(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Da
         raise NotDicomError(f"not dicom: truncated before the pixel data ({_sop_class_name(ds)} without PixelData)")
     if pixel_element is None and not _known_sop_class(ds):
         raise NotDicomError(f"not dicom: unknown SOP Class UID {_sop_class_name(ds)!r} and no pixel data")
-    return ds, pixel_element, offset, length
+    return ParsedHeader(ds, pixel_element, offset, length)
 
 
 def read_header(fp: IO[bytes], uri: str, size_bytes: int) -> InstanceHeader:
-    """Parse the header of one file; raise NotDicomError / NoPixelDataError / HeaderError with the reason."""
-    ds, pixel_element, offset, length = _bounded_parse(fp, uri, size_bytes)
-    if pixel_element is None:
-        raise NoPixelDataError(no_pixel_data_reason(ds))
-    header = header_record(ds, uri, size_bytes, pixel_element)
-    return dataclasses.replace(header, pixel_offset=offset, pixel_length=length)
+    """parse_header then header_record; an object without pixels raises NoPixelDataError with the reason."""
+    parsed = parse_header(fp, uri, size_bytes)
+    if parsed.pixel_element is None:
+        raise NoPixelDataError(no_pixel_data_reason(parsed.dataset))
+    return header_record(parsed, uri, size_bytes)
+
+
+def no_pixel_data_reason(ds: pydicom.Dataset) -> str:
+    """The reason read_header gives an object without pixel data: 'no pixel data (RT Plan Storage)'."""
+    return f"no pixel data ({_sop_class_name(ds)})"
+
+
+# ---- the record -----------------------------------------------------------------------------
 
 
 def _group_item(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, keyword: str) -> pydicom.Dataset | None:
@@ -271,26 +303,22 @@ def _group_item(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, keyw
     return None
 
 
-def _frame_info(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None) -> FrameInfo:
-    position = _group_item(fg, shared, "PlanePositionSequence")
-    orientation = _group_item(fg, shared, "PlaneOrientationSequence")
-    transform = _group_item(fg, shared, "PixelValueTransformationSequence")
-    content = _group_item(fg, shared, "FrameContentSequence")
-    echo = _group_item(fg, shared, "MREchoSequence")
-    diffusion = _group_item(fg, shared, "MRDiffusionSequence")
+def _frame_info(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, instance: Values) -> FrameInfo:
+    def group(keyword: str) -> pydicom.Dataset | None:
+        return _group_item(fg, shared, keyword)
+
+    position, orientation = group("PlanePositionSequence"), group("PlaneOrientationSequence")
+    transform = group("PixelValueTransformationSequence")
     return FrameInfo(
         position=_floats(position, "ImagePositionPatient", 3) if position is not None else None,
         orientation=_floats(orientation, "ImageOrientationPatient", 6) if orientation is not None else None,
         rescale=(_num(transform, "RescaleSlope", float, 1.0), _num(transform, "RescaleIntercept", float, 0.0))
         if transform is not None else (1.0, 0.0),
-        echo=_num(echo, "EffectiveEchoTime", float) if echo is not None else None,
-        temporal_position=_num(content, "TemporalPositionIndex", int) if content is not None else None,
-        b_value=_num(diffusion, "DiffusionBValue", float) if diffusion is not None else None,
-        stack_id=str(content.get("StackID")) if content is not None and content.get("StackID") else None,
+        volume=attributes.frame_values(group, instance),
     )
 
 
-def enhanced_frames(ds: pydicom.Dataset) -> tuple[FrameInfo, ...] | None:
+def enhanced_frames(ds: pydicom.Dataset, instance: Values = ()) -> tuple[FrameInfo, ...] | None:
     """Per-frame records of an enhanced multi-frame instance; None for other instances.
 
     Only the first (0028,0008) NumberOfFrames items count (derived files keep their parent's
@@ -303,7 +331,7 @@ def enhanced_frames(ds: pydicom.Dataset) -> tuple[FrameInfo, ...] | None:
     per_frame = list(per_frame)[:n_frames]
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else None
-    return tuple(_frame_info(fg, shared) for fg in per_frame)
+    return tuple(_frame_info(fg, shared, instance) for fg in per_frame)
 
 
 def _enhanced_defaults(ds: pydicom.Dataset, frames: tuple[FrameInfo, ...] | None) -> dict[str, Any]:
@@ -333,20 +361,22 @@ def _tag_number(keyword: str) -> int:
     return tag
 
 
+PHILIPS_SCALE_SLOPE = 0x2005100E  # (2005,100E) Philips MR private ScaleSlope (FL)
+
 # Every element the record reads, looked up once by tag number (keyword lookups cost more
-# than parsing the header itself).
-_RECORD_KEYWORDS = tuple(dict.fromkeys(SERIES_TAGS + (
+# than parsing the header itself); volume attributes come from their table.
+_RECORD_KEYWORDS = tuple(dict.fromkeys(SERIES_TAGS + attributes.KEYWORDS + (
     "ImageType", "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ImagePositionPatient",
     "ImageOrientationPatient", "ImagerPixelSpacing", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
-    "BitsStored", "PixelRepresentation", "EchoNumbers", "EchoTime", "TemporalPositionIdentifier",
-    "TriggerTime", "AcquisitionNumber", "ModalityLUTSequence", "BurnedInAnnotation")))
-_RECORD_TAGS = tuple((kw, _tag_number(kw)) for kw in _RECORD_KEYWORDS)
+    "BitsStored", "PixelRepresentation", "ModalityLUTSequence", "BurnedInAnnotation", "SpacingBetweenSlices")))
+_RECORD_TAGS = tuple((kw, _tag_number(kw)) for kw in _RECORD_KEYWORDS) + tuple(
+    (tag, tag) for tag in attributes.PRIVATE_TAGS + (PHILIPS_SCALE_SLOPE,))
 
 
-def element_values(ds: pydicom.Dataset) -> dict[str, Any]:
-    """Values of the record's elements present in `ds`, by keyword (one lookup each, by tag)."""
+def element_values(ds: pydicom.Dataset) -> dict[str | int, Any]:
+    """Values of the record's elements present in `ds`, by keyword (private ones by tag number)."""
     present = ds._dict
-    return {kw: ds[tag].value for kw, tag in _RECORD_TAGS if tag in present}
+    return {key: ds[tag].value for key, tag in _RECORD_TAGS if tag in present}
 
 
 BITS_ALLOCATED = (1, 8, 16, 32, 64)
@@ -364,14 +394,35 @@ def _check_pixel_module(v: dict[str, Any]) -> None:
         raise HeaderError(f"invalid header: (0028,0002) SamplesPerPixel is {samples}")
 
 
-def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
-    """Build the small record from an already parsed dataset."""
+def _philips_scale(v: dict[str | int, Any]) -> float | None:
+    raw = v.get(PHILIPS_SCALE_SLOPE)
+    if isinstance(raw, bytes):  # implicit VR without the private dictionary: raw FL
+        raw = struct.unpack("<f", raw[:4])[0] if len(raw) >= 4 else None
+    value = attributes.number(raw)
+    return float(value) if value else None
+
+
+def _mosaic_frames(h: InstanceHeader, ds: pydicom.Dataset, v: dict[str | int, Any]) -> InstanceHeader:
+    """A Siemens mosaic becomes one plane per tile, each at its corrected position."""
+    spacing = _num(v, "SpacingBetweenSlices", float) or _num(v, "SliceThickness", float)
+    mosaic = read_mosaic(ds, h.image_type, h.rows, h.columns, h.image_position, h.image_orientation,
+                         h.pixel_spacing, spacing)
+    if mosaic is None or h.number_of_frames != 1 or h.samples_per_pixel != 1:
+        return h
+    positions = mosaic.positions or (None,) * mosaic.n_images
+    frames = tuple(FrameInfo(p, h.image_orientation, (h.rescale_slope, h.rescale_intercept), h.volume)
+                   for p in positions)
+    return dataclasses.replace(h, mosaic=mosaic, frames=frames)
+
+
+def _build_record(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
     tsuid = ensure_transfer_syntax(ds)
     v = element_values(ds)
     raw_type = v.get("ImageType") or ()
     image_type = (str(raw_type),) if isinstance(raw_type, str) else tuple(str(t) for t in raw_type)
     tags = {kw: json_value(v[kw]) for kw in SERIES_TAGS if kw in v}
-    frames = enhanced_frames(ds)
+    volume = attributes.instance_values(v)
+    frames = enhanced_frames(ds, volume)
     enhanced = _enhanced_defaults(ds, frames)
     if "slice_thickness" in enhanced:
         tags.setdefault("SliceThickness", enhanced["slice_thickness"])
@@ -402,46 +453,26 @@ def header_from_dataset(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_el
         pixel_representation=_num(v, "PixelRepresentation", int, 0),
         rescale_slope=_num(v, "RescaleSlope", float, 1.0),
         rescale_intercept=_num(v, "RescaleIntercept", float, 0.0),
-        echo_number=_num(v, "EchoNumbers", int),
-        echo_time=_num(v, "EchoTime", float),
-        temporal_position=_num(v, "TemporalPositionIdentifier", int),
-        trigger_time=_num(v, "TriggerTime", float),
-        acquisition_number=_num(v, "AcquisitionNumber", int),
-        diffusion_b_value=_b_value(ds),
+        volume=volume,
         pixel_element=pixel_element,
         modality_lut_sequence="ModalityLUTSequence" in v,
         frames=frames,
         burned_in_annotation=str(v["BurnedInAnnotation"]) if v.get("BurnedInAnnotation") else None,
+        philips_scale=_philips_scale(v),
         series_tags=tags,
     )
     changes = {k: v for k, v in enhanced.items() if k != "slice_thickness" and v is not None
                and getattr(header, k) in (None, 1.0, 0.0)}
-    return dataclasses.replace(header, **changes) if changes else header
+    header = dataclasses.replace(header, **changes) if changes else header
+    return header if frames else _mosaic_frames(header, ds, v)
 
 
-# ---- header-only crawl (pipelines.manifest): every readable object, images or not -------------
-
-
-def parse_header(fp: IO[bytes], uri: str, size_bytes: int) -> tuple[pydicom.Dataset, str | None]:
-    """read_header's bounded parse, but an object without pixel data is not an error.
-
-    Returns the dataset (pixels never read, values over 64 KB deferred) and the pixel element that
-    follows it, None for SR, RT, KO, DICOMDIR... Raises NotDicomError like read_header.
-    """
-    ds, pixel_element, _, _ = _bounded_parse(fp, uri, size_bytes)
-    return ds, pixel_element
-
-
-def no_pixel_data_reason(ds: pydicom.Dataset) -> str:
-    """The reason read_header gives an object without pixel data: 'no pixel data (RT Plan Storage)'."""
-    return f"no pixel data ({_sop_class_name(ds)})"
-
-
-def header_record(ds: pydicom.Dataset, uri: str, size_bytes: int, pixel_element: str | None) -> InstanceHeader:
-    """header_from_dataset with read_header's error: uninterpretable values raise HeaderError."""
+def header_record(parsed: ParsedHeader, uri: str, size_bytes: int) -> InstanceHeader:
+    """The one record of a parsed header; uninterpretable values raise HeaderError with the reason."""
     try:
-        return header_from_dataset(ds, uri, size_bytes, pixel_element)
+        header = _build_record(parsed.dataset, uri, size_bytes, parsed.pixel_element)
     except HeaderError:
         raise
     except Exception as exc:  # lazily converted values (bad DS/IS, broken sequences)
         raise HeaderError(f"invalid header: {type(exc).__name__}: {exc}") from exc
+    return dataclasses.replace(header, pixel_offset=parsed.pixel_offset, pixel_length=parsed.pixel_length)

@@ -33,7 +33,7 @@ def read_listed(listed: Listed, deid: DeidSettings | None = None) -> Outcome:
     uri, size, label = listed
     try:
         size = storage.size_of(uri) if size is None else size
-        with storage.open_read(uri) as fp:
+        with storage.open_source(uri) as fp:  # .dcm.gz and other compressed files read transparently
             header = read_header(fp, uri, size)
     except NoPixelDataError as exc:
         return schemas.SKIPPED, schemas.instance_row(uri, schemas.SKIPPED, str(exc))

@@ -97,10 +97,11 @@ def crawl(fp: IO[bytes], uri: str, size_bytes: int, mtime: float | None, all_tag
     Raises NotDicomError for what does not parse; a header that parses but cannot be
     interpreted gives a failed row and still its elements.
     """
-    ds, pixel_element = header.parse_header(fp, uri, size_bytes)
+    parsed = header.parse_header(fp, uri, size_bytes)
+    ds, pixel_element = parsed.dataset, parsed.pixel_element
     entries = tags.flatten_dataset(ds, max_items=max_items) if all_tags else None  # before inference fills the meta
     try:
-        h = header.header_record(ds, uri, size_bytes, pixel_element)
+        h = header.header_record(parsed, uri, size_bytes)
         h = deid.header(h) if deid is not None else h
     except HeaderError as exc:
         return Crawled(failed_row(uri, size_bytes, mtime, str(exc)), entries)

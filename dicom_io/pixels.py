@@ -1,7 +1,8 @@
 """Pixel decoding: pydicom 3 decoders (pylibjpeg plugins, GDCM fallback) + modality LUT.
 
-pydicom tries each installed plugin for a transfer syntax in turn, so GDCM covers what the
-pylibjpeg plugins do not (12-bit JPEG extended, for one).
+pydicom tries each installed plugin for a transfer syntax in turn; what they all fail goes to
+imagecodecs for monochrome JPEG (12-bit JPEG extended, which neither pylibjpeg-libjpeg nor this
+GDCM wheel decodes), then to GDCM in a throw-away process.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pydicom.uid import AllTransferSyntaxes
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID
 
-from dicom_io import codestream, deflate
-from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError
+from dicom_io import codestream, deflate, mosaic, storage
+from dicom_io.errors import DecodeError, DicomflowError, InconsistentSeriesError, PixelBombError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader, ensure_transfer_syntax
 
 DEFAULT_MAX_PIXEL_BYTES = 4 * 1024**3  # 4 GiB decoded per instance
@@ -44,6 +45,9 @@ def _without_gdcm_in_process() -> frozenset[str]:
 
 
 GDCM_SYNTAXES = _without_gdcm_in_process()
+# JPEG baseline, extended (12-bit: pylibjpeg-libjpeg and this GDCM wheel fail it), lossless.
+IMAGECODECS_JPEG = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                              "1.2.840.10008.1.2.4.70"})
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -67,7 +71,8 @@ def check_size(h: InstanceHeader, max_bytes: int) -> None:
         raise PixelBombError(f"pixel data too large: header declares {size} bytes decoded (limit {max_bytes})")
     if h.photometric == "YBR_FULL_422":  # uncompressed 4:2:2 stores 2 samples per pixel, not 3
         size = size * 2 // 3
-    if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and size > h.size_bytes:
+    stored_plain = storage.compression_of(h.source_uri) is None  # a .gz file is smaller than its pixels
+    if h.transfer_syntax_uid in UNCOMPRESSED and h.bits_allocated >= 8 and stored_plain and size > h.size_bytes:
         raise DecodeError(f"decode error: pixel data shorter than declared ({h.size_bytes} byte file, {size} declared)")
 
 
@@ -135,7 +140,8 @@ def _check_frames(ds: pydicom.Dataset, h: InstanceHeader) -> None:
         codestream.check_frame(frame[:65536], tsuid, h.rows, h.columns, h.samples_per_pixel)
 
 
-def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_error: BaseException) -> np.ndarray:
+def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_error: BaseException,
+                     tried: str = "") -> np.ndarray:
     """Decode with GDCM in a throw-away process (it may abort on corrupt data), memory-limited."""
     fp.seek(0)
     limit = 3 * max(declared_bytes(h), 1) + GDCM_BASE_MEMORY
@@ -147,15 +153,60 @@ def _gdcm_subprocess(fp: IO[bytes], h: InstanceHeader, max_bytes: int, first_err
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(first_error).__name__}: "
-                          f"{first_error}; GDCM: {tail[0][:200]}")
+                          f"{first_error}{tried}; GDCM: {tail[0][:200]}")
     return np.load(io.BytesIO(done.stdout), allow_pickle=False)
 
 
+def _fallback(fp: IO[bytes], ds: pydicom.Dataset, h: InstanceHeader, max_bytes: int, first_error: BaseException
+              ) -> np.ndarray:
+    """After pydicom's plugins: imagecodecs for monochrome JPEG (12-bit extended), then GDCM in its process."""
+    tsuid, tried = str(ds.file_meta.TransferSyntaxUID), ""
+    if tsuid in IMAGECODECS_JPEG and h.samples_per_pixel == 1:
+        try:
+            return _imagecodecs_jpeg(ds, h)
+        except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except Exception as exc:  # imagecodecs raises Jpeg8Error (a RuntimeError), ValueError...
+            tried = f"; imagecodecs: {type(exc).__name__}: {exc}"
+    if tsuid not in GDCM_SYNTAXES:
+        if not tried:
+            raise first_error
+        raise DecodeError(f"decode error: {syntax_name(h.transfer_syntax_uid)}: {type(first_error).__name__}: "
+                          f"{first_error}{tried}") from first_error
+    return _gdcm_subprocess(fp, h, max_bytes, first_error, tried)
+
+
+def _imagecodecs_jpeg(ds: pydicom.Dataset, h: InstanceHeader) -> np.ndarray:
+    """Stored values of monochrome JPEG frames decoded by imagecodecs (libjpeg-turbo 8/12-bit, ljpeg).
+
+    Each frame's SOF was already checked against the header (_check_frames), so the decoder
+    allocates no more than Rows x Columns; signed data gets its sign back from (0028,0101) BitsStored.
+    """
+    import imagecodecs
+
+    planes = []
+    for frame in generate_frames(ds.PixelData, number_of_frames=h.number_of_frames):
+        if not frame.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):  # libjpeg-turbo fills a cut frame silently
+            raise ValueError("truncated JPEG frame (no EOI marker)")
+        plane = np.asarray(imagecodecs.jpeg_decode(frame))
+        if plane.shape != (h.rows, h.columns):
+            raise ValueError(f"imagecodecs gave {plane.shape}, the header {h.rows} x {h.columns}")
+        planes.append(plane)
+    arr = np.stack(planes).astype(np.uint16 if h.bits_allocated <= 16 else np.uint32)
+    if h.pixel_representation:
+        bits = h.bits_stored
+        signed = arr.astype(np.int32)
+        signed = np.where(signed >= 2 ** (bits - 1), signed - 2 ** bits, signed)
+        arr = signed.astype(np.int16 if h.bits_allocated <= 16 else np.int32)
+    return arr[0] if h.number_of_frames == 1 else arr
+
+
 def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
-    """Frames of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU)."""
+    """Planes of one instance as (frames, rows, cols[, 3]), modality LUT applied (CT in HU); a
+    Siemens mosaic as (images, tile rows, tile cols)."""
     check_size(h, max_bytes)
     if native_eligible(h):
-        return rescale(read_native(fp, h), h)
+        return rescale(_planes(read_native(fp, h), h), h)
     try:
         ds = _dataset(fp, max_bytes)
         ensure_transfer_syntax(ds)
@@ -166,12 +217,10 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
         except (MemoryError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # in-process plugins failed (Rust plugins raise pyo3 panics)
-            if str(ds.file_meta.TransferSyntaxUID) not in GDCM_SYNTAXES:
-                raise
-            arr = _gdcm_subprocess(fp, h, max_bytes, exc)
+            arr = _fallback(fp, ds, h, max_bytes, exc)
         if h.photometric == "PALETTE COLOR":
             arr = _palette_to_rgb8(apply_color_lut(arr, ds))
-        elif h.samples_per_pixel == 1 and h.frames:  # enhanced: per-frame rescale, below
+        elif h.samples_per_pixel == 1 and h.frames:  # enhanced or mosaic: per-plane rescale, below
             pass
         elif h.samples_per_pixel == 1:
             arr = apply_modality_lut(arr, ds)
@@ -186,7 +235,12 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
         arr = arr[np.newaxis]
     if arr.shape != expected:
         raise InconsistentSeriesError(f"invalid image: decoded shape {arr.shape} differs from the header's {expected}")
-    return rescale(arr, h) if h.frames and h.samples_per_pixel == 1 else arr
+    return rescale(_planes(arr, h), h) if h.frames and h.samples_per_pixel == 1 else arr
+
+
+def _planes(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
+    """The instance's slices: a Siemens mosaic cut into its tiles, anything else as stored."""
+    return mosaic.demosaic(stored, h.mosaic) if h.mosaic is not None else stored
 
 
 def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
@@ -194,6 +248,34 @@ def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype.itemsize > 1:
         return (rgb >> (8 * rgb.dtype.itemsize - 8)).astype(np.uint8)
     return rgb
+
+
+PHILIPS_SCALINGS = ("dv", "fp")  # --philips_scaling: displayed values (DICOM's rescale) or floating point
+
+
+def philips_fp_factor(h: InstanceHeader) -> float | None:
+    """FP = DV / (RS x SS) (Philips' floating-point values, as dcm2niix's -p n): the factor from the
+    displayed value, with RS (0028,1053) RescaleSlope and SS (2005,100E) ScaleSlope; None when
+    not a Philips instance with both (enhanced files keep per-frame values elsewhere: not handled)."""
+    manufacturer = str(h.series_tags.get("Manufacturer") or "").upper()
+    if "PHILIPS" not in manufacturer or not h.philips_scale or not h.rescale_slope or h.frames:
+        return None
+    return 1.0 / (h.rescale_slope * h.philips_scale)
+
+
+def scaled(values: np.ndarray, h: InstanceHeader, scaling: str) -> np.ndarray:
+    """Decoded (DV) values as --philips_scaling asks: unchanged for dv, FP for fp where it applies."""
+    factor = philips_fp_factor(h) if scaling == "fp" else None
+    return values if factor is None else values.astype(np.float64) * factor
+
+
+# Integer volumes start as int16 and are redone one step wider when a decoded value does not fit.
+WIDER_DTYPE = {"int16": "int32", "int32": "float32"}
+
+
+def wider_dtype(dtype: str) -> str | None:
+    """The next volume dtype to try after ValuesDoNotFitError, None when there is none."""
+    return WIDER_DTYPE.get(dtype)
 
 
 def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -206,12 +288,12 @@ def to_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     if arr.dtype.kind in "iu" and target.kind in "iu":  # integers: the range decides, two cheap passes
         info = np.iinfo(target)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+            raise ValuesDoNotFitError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
         return arr.astype(target)
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(target)
     if target.kind == "f" and not np.all(np.isfinite(out)):
         raise InconsistentSeriesError(f"invalid image: values exceed {dtype} (range {arr.min()}..{arr.max()})")
     if target.kind in "iu" and not np.array_equal(out, arr):
-        raise InconsistentSeriesError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
+        raise ValuesDoNotFitError(f"values do not fit {dtype} (range {arr.min()}..{arr.max()})")
     return out

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
-from dicom_io import geometry
+from dicom_io import attributes, geometry, pixels
 from dicom_io.header import InstanceHeader
 from dicom_io.keys import series_key
 
 COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 MISSING_SERIES_PREFIX = "no-series-uid:"  # group key of an instance without (0020,000E)
-INT16_MIN, INT16_MAX = -32768, 32767
 
-# Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried.
-SPLIT_ATTRIBUTES = ("orientation", "shape", "echo", "temporal_position", "b_value", "multiframe_instance")
+# Attributes that separate stacks within one SeriesInstanceUID, in the order they are tried
+# (the volume attributes with role SPLIT come from dicom_io.attributes).
+SPLIT_ATTRIBUTES = ("orientation", "shape", *attributes.SPLIT_NAMES, "multiframe_instance")
 
 # Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy.
 LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
@@ -38,7 +38,10 @@ class SliceRef:
     position: tuple[float, float, float] | None
     orientation: tuple[float, ...] | None
     rescale: tuple[float, float]
-    attrs: tuple[tuple[str, Any], ...] = ()  # echo, temporal_position, b_value of this slice
+    attrs: attributes.Values = ()  # attributes.VOLUME_ATTRIBUTES of this slice
+
+    def value(self, name: str) -> Any:
+        return dict(self.attrs).get(name)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class StackPlan:
     slices: tuple[SliceRef, ...]
     ordering: geometry.Ordering
     dtype: str
+    volumes: tuple[dict[str, Any], ...] = ()  # per volume, in t order: volume_attributes(); () = one volume
+    philips_scaling: str | None = None  # "dv"/"fp" when Philips scale factors apply to the stack, else None
 
     @property
     def first(self) -> InstanceHeader:
@@ -80,8 +85,14 @@ class StackPlan:
         return self.first.samples_per_pixel > 1 or self.first.photometric in COLOUR_PHOTOMETRICS
 
     @property
+    def n_volumes(self) -> int:
+        """Volumes along t: more than one makes the array (t, z, y, x)."""
+        return max(1, len(self.volumes))
+
+    @property
     def n_slices(self) -> int:
-        return len(self.slices)
+        """Slices per volume."""
+        return len(self.slices) // self.n_volumes
 
     def fingerprint(self) -> str:
         """Hash of what went into the volume (URIs, SOP UIDs, sizes, frames, plan); a re-run skips on match."""
@@ -90,7 +101,8 @@ class StackPlan:
             h = s.header
             digest.update(f"{h.source_uri}\0{h.sop_instance_uid}\0{h.size_bytes}\0{s.frame}\n"
                           .encode("utf-8", "surrogatepass"))
-        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}".encode())
+        digest.update(f"{self.dtype}|{self.ordering.geometry}|{self.split_by}|{self.n_volumes}|"
+                      f"{self.philips_scaling}".encode())
         return digest.hexdigest()
 
 
@@ -103,8 +115,11 @@ class SeriesPlan:
     exclusions: tuple[Exclusion, ...] = field(default=())
 
 
+Digest = Callable[[InstanceHeader], str]
+
+
 def duplicate_identity(h: InstanceHeader) -> tuple:
-    """Same (0008,0018) SOPInstanceUID *and* same pixel format and position: the same image.
+    """Same (0008,0018) SOPInstanceUID, pixel format and position: a candidate duplicate.
 
     Archives hold one SOP instance in several encodings (a copy, a re-compression); but a
     shared UID with other frames or bit depth is a different image and is kept.
@@ -113,28 +128,54 @@ def duplicate_identity(h: InstanceHeader) -> tuple:
             h.bits_allocated, h.pixel_representation, h.image_position)
 
 
-def drop_duplicates(headers: Iterable[InstanceHeader]) -> tuple[list[InstanceHeader], list[Exclusion]]:
-    """Keep one instance per duplicate identity, preferring a lossless encoding, then the first URI."""
-    kept: dict[tuple, InstanceHeader] = {}
+def _memo(digest: Digest | None) -> Digest | None:
+    """`digest` computed once per instance (the two duplicate rules may both ask)."""
+    if digest is None:
+        return None
+    seen: dict[str, str] = {}
+
+    def cached(h: InstanceHeader) -> str:
+        if h.source_uri not in seen:
+            seen[h.source_uri] = digest(h)
+        return seen[h.source_uri]
+
+    return cached
+
+
+def _preferred(headers: Iterable[InstanceHeader]) -> list[InstanceHeader]:
+    """Lossless encodings first, then by URI: the copy kept of a duplicate."""
+    return sorted(headers, key=lambda h: (h.transfer_syntax_uid in LOSSY_SYNTAXES, h.source_uri))
+
+
+def drop_duplicates(headers: Iterable[InstanceHeader], digest: Digest | None = None
+                    ) -> tuple[list[InstanceHeader], list[Exclusion]]:
+    """One instance per SOPInstanceUID *and* pixels: the same UID with other pixels (a lossy
+    re-compression, an edited copy) is another image and is kept.
+
+    `digest` (decoded pixels -> hash) is only called on instances that share a duplicate_identity;
+    without it (no pixel access) the header identity alone decides. Keeps a lossless encoding first,
+    then the first URI.
+    """
+    kept: dict[tuple, list[InstanceHeader]] = defaultdict(list)
     unique: list[InstanceHeader] = []
     excluded: list[Exclusion] = []
-    ranked = sorted(headers, key=lambda h: (repr(duplicate_identity(h)), h.transfer_syntax_uid in LOSSY_SYNTAXES,
-                                            h.source_uri))
-    for h in ranked:
+    for h in _preferred(headers):
         identity = duplicate_identity(h)
-        if h.sop_instance_uid and identity in kept:
-            reason = f"duplicate: same SOPInstanceUID and pixel format as {kept[identity].source_uri}"
-            excluded.append(Exclusion(h, "skipped", reason))
+        twin = next((k for k in kept.get(identity, ()) if digest is None or digest(k) == digest(h)), None)
+        if h.sop_instance_uid and twin is not None:
+            excluded.append(Exclusion(h, "skipped", f"duplicate: same SOPInstanceUID and pixels as {twin.source_uri}"))
             continue
         if h.sop_instance_uid:
-            kept[identity] = h
+            kept[identity].append(h)
         unique.append(h)
     return unique, excluded
 
 
-def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[InstanceHeader], str] | None
+def drop_identical_pixels(headers: list[InstanceHeader], digest: Digest | None
                           ) -> tuple[list[InstanceHeader], list[Exclusion]]:
-    """Instances with other SOP UIDs at one position and shape, and identical pixels: keep the first.
+    """Instances with other SOP UIDs at one position, shape and volume (b-value, echo, temporal
+    position, trigger time, acquisition number and time...: attributes.VOLUME_ATTRIBUTES), and
+    identical pixels: keep the first. Images of other volumes may repeat pixels and are kept.
 
     `digest` (pixels -> hash) is only called for such candidates, which are rare.
     """
@@ -143,13 +184,14 @@ def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[Insta
     by_place: dict[tuple, list[InstanceHeader]] = defaultdict(list)
     for h in headers:
         if h.image_position is not None and h.number_of_frames == 1:
-            by_place[(h.image_position, h.image_orientation, h.rows, h.columns, h.bits_allocated)].append(h)
+            by_place[(h.image_position, h.image_orientation, h.rows, h.columns, h.bits_allocated,
+                      repr(h.volume))].append(h)
     dropped: list[Exclusion] = []
     for group in by_place.values():
         if len(group) < 2:
             continue
         first_seen: dict[str, InstanceHeader] = {}
-        for h in sorted(group, key=lambda h: (h.transfer_syntax_uid in LOSSY_SYNTAXES, h.source_uri)):
+        for h in _preferred(group):
             key = digest(h)
             if key in first_seen:
                 reason = f"duplicate: identical pixels at the same position as {first_seen[key].source_uri}"
@@ -161,17 +203,14 @@ def drop_identical_pixels(headers: list[InstanceHeader], digest: Callable[[Insta
 
 
 def slices_of(h: InstanceHeader) -> list[SliceRef]:
-    """The planes an instance contributes: one, or one per enhanced frame."""
+    """The planes an instance contributes: one, or one per enhanced frame or mosaic tile."""
     if h.frames:
-        return [SliceRef(h, i, f.position, f.orientation or h.image_orientation, f.rescale,
-                         (("echo", f.echo), ("temporal_position", f.temporal_position), ("b_value", f.b_value)))
+        return [SliceRef(h, i, f.position, f.orientation or h.image_orientation, f.rescale, f.volume)
                 for i, f in enumerate(h.frames)]
-    echo = h.echo_number if h.echo_number is not None else h.echo_time
-    attrs = (("echo", echo), ("temporal_position", h.temporal_position), ("b_value", h.diffusion_b_value))
     rescale = (h.rescale_slope, h.rescale_intercept)
     if h.number_of_frames > 1:  # plain multi-frame (cine, US): no per-frame geometry
-        return [SliceRef(h, i, None, None, rescale, attrs) for i in range(h.number_of_frames)]
-    return [SliceRef(h, 0, h.image_position, h.image_orientation, rescale, attrs)]
+        return [SliceRef(h, i, None, None, rescale, h.volume) for i in range(h.number_of_frames)]
+    return [SliceRef(h, 0, h.image_position, h.image_orientation, rescale, h.volume)]
 
 
 def _signature(s: SliceRef) -> dict[str, Any]:
@@ -179,9 +218,10 @@ def _signature(s: SliceRef) -> dict[str, Any]:
     plain_multiframe = h.number_of_frames > 1 and not h.frames
     return {
         "orientation": geometry.orientation_key(s.orientation),
-        "shape": (h.rows, h.columns, h.samples_per_pixel, h.bits_allocated),
-        **dict(s.attrs),
-        "multiframe_instance": h.sop_instance_uid or h.source_uri if plain_multiframe else None,
+        "shape": (h.plane_rows, h.plane_columns, h.samples_per_pixel, h.bits_allocated),
+        **{name: s.value(name) for name in attributes.SPLIT_NAMES},
+        # by file: two files may share a SOPInstanceUID with other pixels (not duplicates then)
+        "multiframe_instance": f"{h.sop_instance_uid}|{h.source_uri}" if plain_multiframe else None,
     }
 
 
@@ -200,10 +240,10 @@ def _has_repeats(slices: Sequence[SliceRef]) -> bool:
 
 def _split_repeats(slices: list[SliceRef]) -> tuple[str, list[list[SliceRef]]]:
     """Split a group whose positions repeat: by AcquisitionNumber, TriggerTime, else occurrence."""
-    for name in ("acquisition_number", "trigger_time"):
+    for name in attributes.REPEAT_NAMES:
         groups: dict[Any, list[SliceRef]] = defaultdict(list)
         for s in slices:
-            groups[getattr(s.header, name)].append(s)
+            groups[s.value(name)].append(s)
         parts = [groups[k] for k in sorted(groups, key=_sort_token)]
         if len(parts) > 1 and not any(_has_repeats(p) for p in parts):
             return name, parts
@@ -217,11 +257,12 @@ def _split_repeats(slices: list[SliceRef]) -> tuple[str, list[list[SliceRef]]]:
 
 
 def choose_dtype(slices: Sequence[SliceRef]) -> str:
-    """int16 when every rescaled value the headers allow is an integer in int16, else float32.
+    """The dtype a stack starts in: int16 when every slice's rescale keeps values integers, else float32.
 
-    Colour keeps its sample size (uint8/16/32; palette expands to uint8). The range comes from
-    (0028,0101) BitsStored and (0028,0103) PixelRepresentation with each slice's own slope and
-    intercept ((0028,1053)/(0028,1052), or the frame's Pixel Value Transformation).
+    int16 is a first try, not a promise: the values decide (convert redoes the stack in
+    pixels.wider_dtype when a decoded value does not fit), so CT with (0028,1052) RescaleIntercept
+    -1024 on signed 16-bit storage stays int16 HU when its values fit. Colour keeps its sample size
+    (uint8/16/32; palette expands to uint8). Float pixel data and Modality LUT Sequences: float32.
     """
     first = slices[0].header
     if first.photometric == "PALETTE COLOR":
@@ -231,13 +272,8 @@ def choose_dtype(slices: Sequence[SliceRef]) -> str:
     if any(s.header.pixel_element != "PixelData" or s.header.modality_lut_sequence for s in slices):
         return "float32"
     for s in slices:
-        h, (slope, intercept) = s.header, s.rescale
+        slope, intercept = s.rescale
         if not (float(slope).is_integer() and float(intercept).is_integer()):
-            return "float32"
-        bits = max(1, min(h.bits_stored, h.bits_allocated))
-        lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if h.pixel_representation else (0, 2**bits - 1))
-        ends = (lo * slope + intercept, hi * slope + intercept)
-        if min(ends) < INT16_MIN or max(ends) > INT16_MAX:
             return "float32"
     return "int16"
 
@@ -282,18 +318,99 @@ def _groups(headers: list[InstanceHeader]) -> tuple[tuple[str, ...], list[tuple[
     return tuple(sorted(split_by)), groups
 
 
-def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader],
-                digest: Callable[[InstanceHeader], str] | None = None) -> SeriesPlan:
-    """Dedupe, split into stacks and order every stack of one series (headers, and pixels only for
-    instances that share a position: `digest`)."""
-    unique, exclusions = drop_duplicates(headers)
+def volume_attributes(slices: Sequence[SliceRef], ordering: geometry.Ordering) -> dict[str, Any]:
+    """One volume's attributes (attributes.VOLUME_ATTRIBUTES of its first slice), and the diffusion
+    direction also in image axes: components along the column index (row direction cosine), the row
+    index (column cosine) and the slice index (the stack's step), as .bvec files want."""
+    values = {k: v for k, v in _jsonable(dict(slices[0].attrs)).items() if k != "stack_id"}
+    direction, orientation = values.get("diffusion_direction"), slices[0].orientation
+    values["diffusion_direction_image"] = None
+    if direction is not None and orientation is not None:
+        normal = geometry.slice_normal(orientation)
+        if ordering.step_vector is not None and sum(a * b for a, b in zip(ordering.step_vector, normal)) < 0:
+            normal = -normal
+        basis = (orientation[:3], orientation[3:], tuple(normal))
+        values["diffusion_direction_image"] = [round(float(sum(d * b for d, b in zip(direction, axis))), 8)
+                                               for axis in basis]
+    return values
+
+
+def _grid_key(stack: StackPlan) -> tuple | None:
+    """What volumes of one 4D array share: orientation, slice shape, every position. None: not mergeable
+    (colour, no geometry, plain multi-frame)."""
+    if stack.colour or stack.ordering.geometry == geometry.NO_GEOMETRY or any(s.position is None for s in stack.slices):
+        return None
+    h = stack.first
+    return (geometry.orientation_key(stack.slices[0].orientation), h.plane_rows, h.plane_columns, h.bits_allocated,
+            tuple(_position_key(s) for s in stack.slices))
+
+
+def _acquisition_order(stack: StackPlan) -> tuple:
+    """Volumes in acquisition order, as dcm2niix writes them: first InstanceNumber, then AcquisitionTime."""
+    numbers = [s.header.instance_number for s in stack.slices if s.header.instance_number is not None]
+    return (min(numbers) if numbers else 0, str(stack.slices[0].value("acquisition_time") or ""), stack.stack_index)
+
+
+def _distinct_volumes(members: list[StackPlan]) -> bool:
+    """Every stack tells itself apart by some volume attribute (time, b-value, echo...): a 4D array.
+    Stacks that differ by nothing (the same image twice with other pixels, split by occurrence)
+    stay 3D: no time axis is invented for them."""
+    keys = [repr(_jsonable(dict(m.slices[0].attrs))) for m in members]
+    return len(set(keys)) == len(keys)
+
+
+def _as_4d(series_uid: str, index: int, members: list[StackPlan]) -> StackPlan:
+    """Stacks on one grid as one (t, z, y, x) array, volumes in acquisition order."""
+    if len(members) == 1:
+        st = members[0]
+        return StackPlan(series_key(series_uid, index), index, st.split_by, st.stack_attributes, st.slices,
+                         st.ordering, st.dtype, (volume_attributes(st.slices, st.ordering),))
+    members = sorted(members, key=_acquisition_order)
+    common = {k: v for k, v in members[0].stack_attributes.items()
+              if all(m.stack_attributes.get(k) == v for m in members)}
+    slices = tuple(s for m in members for s in m.slices)
+    volumes = tuple(volume_attributes(m.slices, m.ordering) for m in members)
+    return StackPlan(series_key(series_uid, index), index, members[0].split_by, common, slices,
+                     members[0].ordering, choose_dtype(slices), volumes)
+
+
+def merge_4d(series_uid: str, stacks: Sequence[StackPlan], four_d: bool = True) -> tuple[StackPlan, ...]:
+    """Stacks of one series on the same grid that differ only by time point, b-value/direction, echo
+    or trigger become one 4D stack (`four_d`); otherwise (or alone) each stays 3D. Renumbers the stacks."""
+    groups: dict[Any, list[StackPlan]] = {}
+    for st in stacks:
+        key = _grid_key(st) if four_d else None
+        groups.setdefault(key if key is not None else ("alone", st.stack_index), []).append(st)
+    parts: list[list[StackPlan]] = []
+    for members in groups.values():
+        if len(members) > 1 and _distinct_volumes(members):
+            parts.append(members)
+        else:
+            parts.extend([m] for m in members)
+    order = {id(st): i for i, st in enumerate(stacks)}
+    parts.sort(key=lambda part: min(order[id(m)] for m in part))  # stack numbers follow the split order
+    return tuple(_as_4d(series_uid, i, members) for i, members in enumerate(parts))
+
+
+def with_philips_scaling(stack: StackPlan, scaling: str) -> StackPlan:
+    """Record --philips_scaling on a stack it applies to; FP values are never integers: float32."""
+    if not any(pixels.philips_fp_factor(s.header) for s in stack.slices):
+        return stack
+    return replace(stack, philips_scaling=scaling, dtype="float32" if scaling == "fp" else stack.dtype)
+
+
+def plan_series(series_instance_uid: str, headers: Iterable[InstanceHeader], digest: Digest | None = None,
+                four_d: bool = True, philips_scaling: str = "dv") -> SeriesPlan:
+    """Dedupe, split into stacks, order every stack of one series, and join the volumes of one grid
+    into 4D stacks unless `four_d` is off (headers, and pixels only for duplicate candidates: `digest`)."""
+    digest = _memo(digest)
+    unique, exclusions = drop_duplicates(headers, digest)
     unique, identical = drop_identical_pixels(unique, digest)
     split_by, groups = _groups(unique)
-    stacks = tuple(
-        _stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
-        for i, (attrs, members) in enumerate(groups)
-    )
-    return SeriesPlan(series_instance_uid, stacks, tuple(exclusions + identical))
+    stacks = [_stack_plan(series_instance_uid, i, split_by, _jsonable(attrs), members)
+              for i, (attrs, members) in enumerate(groups)]
+    stacks_4d = tuple(with_philips_scaling(s, philips_scaling) for s in merge_4d(series_instance_uid, stacks, four_d))
+    return SeriesPlan(series_instance_uid, stacks_4d, tuple(exclusions + identical))
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -78,8 +78,10 @@ def write_slice(uri: str, plane: np.ndarray, dicom: dict[str, Any], settings: Pr
 
 
 def write_series(volume: Any, dicom: dict[str, Any], settings: PreviewSettings, uris: tuple[str, str]) -> int:
-    """Middle slice and axial/coronal/sagittal montage, read from the written volume (3 planes)."""
+    """Middle slice and axial/coronal/sagittal montage, read from the written volume (3 planes; the
+    first volume of a 4D array)."""
     display = render.display_of(dicom)
+    volume = render.first_volume(volume, dicom)
     plane = np.asarray(volume[volume.shape[0] // 2])
     middle = render.slice_image(plane, dicom["spacing"][1:], display, max_size=max(plane.shape[:2]))
     montage = render.montage(volume, dicom["spacing"], z_step=render.z_step_from_affine(dicom.get("affine_lps")),

@@ -169,3 +169,8 @@ def montage(volume: Any, spacing_zyx: Sequence[float | None], *, z_step: float |
         canvas.paste(panel, (left, 0))
         left += panel.width + PANEL_GAP
     return canvas
+
+
+def first_volume(array: Any, record: dict[str, Any]) -> Any:
+    """The (z, y, x[, c]) volume previews show: the array itself, or its first volume when 4D."""
+    return array[0] if (record.get("n_volumes") or 1) > 1 else array

@@ -1,6 +1,9 @@
 """The output contract, written once: layout under OUT, table columns and their types.
 
 Every pipeline builds paths and rows through this module (README: "Output contract").
+Volumes are (z, y, x[, c]) or, when a series has several volumes on one grid, (t, z, y, x):
+`n_volumes` and `volumes` (per-volume attributes) in the series table and JSON, `t_index` in
+the slices CSV.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ def table_prefix(output: str, name: str) -> str:
 CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 
 # ---- slices CSV -------------------------------------------------------------------------
+# One row per stored plane, volume after volume: t_index is the volume (0 for 3D), z_index the slice in it.
+# t_index is last: positional readers of the columns before 4D keep working.
 SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index", "preview_uri")
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index")
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
@@ -79,7 +84,9 @@ SERIES_SCHEMA = pa.schema(
         ("modality", pa.string()),
         ("status", pa.string()),
         ("reason", pa.string()),
-        ("n_slices", pa.int64()),
+        ("n_slices", pa.int64()),  # slices per volume
+        ("n_volumes", pa.int64()),  # > 1: a 4D (t, z, y, x) array
+        ("volumes", pa.string()),  # JSON list, one object per volume: b_value, diffusion_direction(_image), ...
         ("shape", pa.list_(pa.int64())),
         ("spacing", pa.list_(pa.float64())),
         ("geometry", pa.string()),
@@ -147,6 +154,8 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
     tag_names = {column for _, column, _ in TAG_COLUMNS}
     row = {name: record.get(name) for name in SERIES_SCHEMA.names if name not in tag_names}
     row["stack_attributes"] = json.dumps(record.get("stack_attributes") or {}, sort_keys=True)
+    row["volumes"] = json.dumps(record.get("volumes") or [], sort_keys=True)
+    row["n_volumes"] = record.get("n_volumes") or 1
     row["split_by"] = list(record.get("split_by") or [])
     row.update(tag_columns(record.get("tags") or {}))
     return row
@@ -239,7 +248,7 @@ def tags_schema(columns: tuple[str, ...]) -> pa.Schema:
 import csv  # noqa: E402  (appended section: the imports above are not mine to edit)
 import io  # noqa: E402
 
-_SLICE_INTS, _SLICE_FLOATS = ("z_index", "instance_number", "frame_index"), ("ipp_x", "ipp_y", "ipp_z")
+_SLICE_INTS, _SLICE_FLOATS = ("z_index", "t_index", "instance_number", "frame_index"), ("ipp_x", "ipp_y", "ipp_z")
 
 
 def _typed(value: str | None, cast: type) -> Any:
@@ -255,6 +264,7 @@ def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
     for row in rows:
         for name in _SLICE_INTS:
             row[name] = _typed(row.get(name), int)
+        row["t_index"] = row["t_index"] or 0  # outputs written before 4D have no t_index
         for name in _SLICE_FLOATS:
             row[name] = _typed(row.get(name), float)
     return rows

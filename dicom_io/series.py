@@ -46,7 +46,8 @@ def convert_series(task: tuple[str, list[InstanceHeader], ConvertSettings]) -> S
     """Plan and write every stack of one series (SeriesInstanceUID, its headers, the settings)."""
     series_uid, headers, settings = task
     try:
-        plan = plan_series(series_uid, list(headers), partial(pixel_digest, max_bytes=settings.max_pixel_bytes))
+        plan = plan_series(series_uid, list(headers), partial(pixel_digest, max_bytes=settings.max_pixel_bytes),
+                           four_d=settings.four_d, philips_scaling=settings.philips_scaling)
         rows = exclusion_rows(plan)
         stacks = []
         for stack in plan.stacks:

@@ -16,6 +16,7 @@ import uuid
 from typing import IO, Any
 
 import fsspec
+import fsspec.utils
 
 from dicom_io import failpoints
 from dicom_io.errors import StorageError
@@ -51,6 +52,28 @@ def open_read(uri: str, block_size: int = HEADER_BLOCK_SIZE) -> IO[bytes]:
         if is_remote(uri):
             return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
         return fs.open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot open {uri}: {exc}") from exc
+
+
+def compression_of(uri: str) -> str | None:
+    """The fsspec compression a file name implies (`.gz` -> gzip, `.bz2`, `.xz`...), else None."""
+    return fsspec.utils.infer_compression(uri.rstrip("/"))
+
+
+def open_source(uri: str, block_size: int = HEADER_BLOCK_SIZE) -> IO[bytes]:
+    """Open an input file for reading, decompressed when its name says so (`x.dcm.gz`).
+
+    Seekable either way (pydicom seeks); closing it closes the underlying file too.
+    """
+    compression = compression_of(uri)
+    if compression is None:
+        return open_read(uri, block_size)
+    options = {"block_size": block_size, **REMOTE_OPTIONS} if is_remote(uri) else {}
+    try:
+        return fsspec.open(uri, "rb", compression=compression, **options).open()
     except FileNotFoundError:
         raise
     except OSError as exc:

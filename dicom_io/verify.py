@@ -77,43 +77,53 @@ def open_volume(output: str, key: str) -> Any:
     return readers.open_volume(output, key).array
 
 
-def _slabs(array: Any) -> Iterable[tuple[int, np.ndarray]]:
-    """(first z, slab) over the array, one shard (else chunk) deep: each stored chunk decoded once."""
-    depth = (getattr(array, "shards", None) or array.chunks)[0]
-    for z0 in range(0, array.shape[0], depth):
-        yield z0, np.asarray(array[z0:z0 + depth])
+def _slabs(array: Any, record: dict[str, Any]) -> Iterable[tuple[int, np.ndarray]]:
+    """(plane index, slab) over the array in storage order, one shard (else chunk) deep: each
+    stored chunk decoded once; a 4D array volume after volume."""
+    four_d = (record.get("n_volumes") or 1) > 1
+    depth = (getattr(array, "shards", None) or array.chunks)[1 if four_d else 0]
+    n_z = array.shape[1] if four_d else array.shape[0]
+    for t in range(array.shape[0] if four_d else 1):
+        for z0 in range(0, n_z, depth):
+            yield t * n_z + z0, np.asarray(array[t, z0:z0 + depth] if four_d else array[z0:z0 + depth])
 
 
 def check_volume(array: Any, record: dict[str, Any], slices: list[dict[str, Any]]) -> CheckResult:
-    """Shape as committed, z_index 0..n-1, and each stored slice's MD5 equal to the CSV's pixel_md5."""
+    """Shape as committed, (t_index, z_index) in storage order, and each stored slice's MD5 equal
+    to the CSV's pixel_md5."""
     result = CheckResult(VOLUME)
     shape, expected = tuple(array.shape), tuple(record.get("shape") or ())
-    if shape != expected or len(slices) != shape[0]:
+    n_volumes = record.get("n_volumes") or 1
+    n_z = shape[1] if n_volumes > 1 else (shape[0] if shape else 0)
+    if shape != expected or len(slices) != n_volumes * n_z:
         result.fail(f"Zarr shape {list(shape)}, series JSON shape {list(expected)}, slices CSV {len(slices)} rows")
         return result
     result.ok()
-    if [r["z_index"] for r in slices] != list(range(len(slices))):
-        result.fail("slices CSV z_index is not 0..n-1 in order")
+    if [(r.get("t_index") or 0, r["z_index"]) for r in slices] != [divmod(i, n_z) for i in range(len(slices))]:
+        result.fail("slices CSV (t_index, z_index) is not volume after volume, 0..n-1 in order")
         return result
-    for z0, slab in _slabs(array):
+    for i0, slab in _slabs(array, record):
         for offset, plane in enumerate(slab):
-            z = z0 + offset
+            i = i0 + offset
             digest = slice_md5(plane)
-            if digest == slices[z]["pixel_md5"]:
+            if digest == slices[i]["pixel_md5"]:
                 result.ok()
             else:
-                result.fail(f"z={z}: stored slice MD5 {digest} != slices CSV {slices[z]['pixel_md5']}")
+                t, z = divmod(i, n_z)
+                where = f"t={t} z={z}" if n_volumes > 1 else f"z={z}"
+                result.fail(f"{where}: stored slice MD5 {digest} != slices CSV {slices[i]['pixel_md5']}")
     return result
 
 
-def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: int) -> list[str] | str:
+def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: int,
+                scaling: str = "dv") -> list[str] | str:
     """MD5 of `frames` of one source decoded as convert does (every frame when None), or why it could not be read."""
     try:
         size = storage.size_of(uri)
-        with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
+        with storage.open_source(uri, block_size=8 * 1024 * 1024) as fp:
             header = read_header(fp, uri, size)
             fp.seek(0)
-            decoded = pixels.decode(fp, header, max_bytes)
+            decoded = pixels.scaled(pixels.decode(fp, header, max_bytes), header, scaling)
         frames = range(len(decoded)) if frames is None else frames
         if max(frames) >= len(decoded):
             return f"source has {len(decoded)} frames, slices CSV names frame {max(frames)}"
@@ -125,7 +135,7 @@ def source_md5s(uri: str, frames: Sequence[int] | None, dtype: str, max_bytes: i
 
 
 def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
-                  executor: Executor | None = None) -> CheckResult:
+                  executor: Executor | None = None, scaling: str = "dv") -> CheckResult:
     """Every source re-decoded (on `executor` when given) to the MD5 the slices CSV recorded."""
     result = CheckResult(SOURCE)
     by_uri: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -134,7 +144,8 @@ def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
     uris = list(by_uri)
     frames = [[r["frame_index"] or 0 for r in by_uri[u]] for u in uris]
     mapper: Callable = executor.map if executor is not None else map
-    for uri, outcome in zip(uris, mapper(source_md5s, uris, frames, [dtype] * len(uris), [max_bytes] * len(uris))):
+    n = len(uris)
+    for uri, outcome in zip(uris, mapper(source_md5s, uris, frames, [dtype] * n, [max_bytes] * n, [scaling] * n)):
         rows = by_uri[uri]
         if isinstance(outcome, str):
             for row in rows:
@@ -150,13 +161,13 @@ def check_sources(slices: list[dict[str, Any]], dtype: str, max_bytes: int,
 
 
 def check_sources_decode(uris: Sequence[str], dtype: str, max_bytes: int,
-                         executor: Executor | None = None) -> CheckResult:
+                         executor: Executor | None = None, scaling: str = "dv") -> CheckResult:
     """A resampled volume's planes are interpolated, not any source's pixels: each source must still
     decode and fit the volume dtype (one check per file), nothing more can be compared."""
     result = CheckResult(SOURCE)
     mapper: Callable = executor.map if executor is not None else map
     n = len(uris)
-    for uri, outcome in zip(uris, mapper(source_md5s, uris, [None] * n, [dtype] * n, [max_bytes] * n)):
+    for uri, outcome in zip(uris, mapper(source_md5s, uris, [None] * n, [dtype] * n, [max_bytes] * n, [scaling] * n)):
         if isinstance(outcome, str):
             result.fail(f"{uri}: {outcome}")
         else:
@@ -197,10 +208,11 @@ def check_geometry(record: dict[str, Any], slices: list[dict[str, Any]],
     if not positions or any(p is None for p in positions):
         result.fail(f"geometry {kind} but the slices CSV lacks positions")
         return result
-    if kind in EXACT_GEOMETRIES:
-        for z, ipp in enumerate(positions):
-            _place(affine, z, ipp, tol_mm, result)
+    if kind in EXACT_GEOMETRIES:  # every volume of a 4D array on the same grid
+        for row, ipp in zip(slices, positions):
+            _place(affine, row["z_index"], ipp, tol_mm, result)
     elif kind == geometry.IRREGULAR_SPACING:
+        positions = [p for row, p in zip(slices, positions) if not row.get("t_index")]
         for z in sorted({0, len(positions) - 1}):
             _place(affine, z, positions[z], tol_mm, result)
         normal = geometry.slice_normal(np.concatenate([affine[:3, 0], affine[:3, 1]]))
@@ -253,6 +265,7 @@ def write_thumbnails(output: str, key: str, array: Any, record: dict[str, Any]) 
     """Middle slice and montage as JPEG under OUT/verify/thumbnails/; returns their names."""
     display = render.display_of(record)
     spacing = record.get("spacing") or [None, None, None]
+    array = render.first_volume(array, record)
     middle = render.slice_image(np.asarray(array[array.shape[0] // 2]), spacing[1:], display)
     grid = render.montage(array, spacing, z_step=render.z_step_from_affine(record.get("affine_lps")), display=display)
     names = thumbnail_names(key)
@@ -310,9 +323,11 @@ def verify_series(series: dict[str, Any], instances: list[dict[str, Any]], setti
     if resampled:
         uris = sorted({r["source_uri"] for r in instances if r["status"] == schemas.CONVERTED}
                       | {r["source_uri"] for r in slices})
-        results.append(check_sources_decode(uris, record["dtype"], settings.max_pixel_bytes, executor))
+        results.append(check_sources_decode(uris, record["dtype"], settings.max_pixel_bytes, executor,
+                                            record.get("philips_scaling") or "dv"))
     else:
-        results.append(check_sources(slices, record["dtype"], settings.max_pixel_bytes, executor))
+        results.append(check_sources(slices, record["dtype"], settings.max_pixel_bytes, executor,
+                                     record.get("philips_scaling") or "dv"))
     results.append(check_geometry(record, slices, settings.position_tolerance_mm))
     results.append(check_instances(key, slices, instances, resampled))
     thumbnails: list[str] = []

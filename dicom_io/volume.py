@@ -36,14 +36,31 @@ class VolumeLayout:
     dtype: str
     chunks: tuple[int, ...]
     shards: tuple[int, ...]
+    n_volumes: int = 1  # > 1: a leading t axis
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
-        return ("z", "y", "x", "c")[: len(self.shape)] if len(self.shape) == 4 else ("z", "y", "x")
+        if self.n_volumes > 1:
+            return ("t", "z", "y", "x")
+        return ("z", "y", "x", "c") if len(self.shape) == 4 else ("z", "y", "x")
+
+    @property
+    def n_slices(self) -> int:
+        """Slices per volume (the z extent)."""
+        return self.shape[1] if self.n_volumes > 1 else self.shape[0]
+
+    @property
+    def slab_shape(self) -> tuple[int, ...]:
+        """One shard's planes: (depth, rows, cols[, c])."""
+        return self.shards[1:] if self.n_volumes > 1 else self.shards
 
 
-def choose_layout(n_slices: int, rows: int, cols: int, dtype: str, channels: int = 1) -> VolumeLayout:
-    """Shards are (<=64 slices, full plane); chunks (16, <=256, <=256) for 2D and 3D patch reads."""
+def choose_layout(n_slices: int, rows: int, cols: int, dtype: str, channels: int = 1,
+                  n_volumes: int = 1) -> VolumeLayout:
+    """Shards are (<=64 slices, full plane); chunks (16, <=256, <=256) for 2D and 3D patch reads.
+
+    4D (n_volumes > 1): (t, z, y, x), each shard and chunk within one volume (t extent 1).
+    """
     plane_bytes = rows * cols * channels * np.dtype(dtype).itemsize
     depth = max(1, min(SHARD_DEPTH, n_slices, SHARD_MAX_BYTES // max(1, plane_bytes)))
     chunk_depth = max(1, min(CHUNK_DEPTH, depth))
@@ -52,11 +69,14 @@ def choose_layout(n_slices: int, rows: int, cols: int, dtype: str, channels: int
     ch_r = _divisor_at_most(rows, CHUNK_EDGE)
     ch_c = _divisor_at_most(cols, CHUNK_EDGE)
     extra = (channels,) if channels > 1 else ()
+    lead = (n_volumes,) if n_volumes > 1 else ()
+    one = (1,) if n_volumes > 1 else ()
     return VolumeLayout(
-        shape=(n_slices, rows, cols) + extra,
+        shape=lead + (n_slices, rows, cols) + extra,
         dtype=dtype,
-        chunks=(chunk_depth, ch_r, ch_c) + extra,
-        shards=(depth, rows, cols) + extra,
+        chunks=one + (chunk_depth, ch_r, ch_c) + extra,
+        shards=one + (depth, rows, cols) + extra,
+        n_volumes=n_volumes,
     )
 
 
@@ -77,7 +97,7 @@ def slice_md5(plane: np.ndarray) -> str:
 
 
 class VolumeWriter:
-    """Write a volume's slices in z order, one full shard at a time.
+    """Write a volume's slices in z order (volume after volume for 4D), one full shard at a time.
 
     A full shard is encoded and written on a background thread while the next one fills,
     so decoding and Blosc encoding overlap; at most two shard buffers exist at once.
@@ -93,9 +113,9 @@ class VolumeWriter:
             self._array = self._create(group, layout, compression_level)
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
-        self._slab = np.zeros(layout.shards, dtype=layout.dtype)
+        self._slab = np.zeros(layout.slab_shape, dtype=layout.dtype)
         self._filled = 0
-        self._z0 = 0
+        self._t, self._z0 = 0, 0  # where the slab starts
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
         self._pending: Future | None = None
 
@@ -116,7 +136,7 @@ class VolumeWriter:
         """Add the next slice (already in the volume's dtype)."""
         self._slab[self._filled] = plane
         self._filled += 1
-        if self._filled == self._slab.shape[0]:
+        if self._filled == self._slab.shape[0] or self._z0 + self._filled == self.layout.n_slices:
             self._flush()
 
     def _flush(self) -> None:
@@ -124,9 +144,13 @@ class VolumeWriter:
             return
         self._wait()
         full, z0, z1 = self._slab, self._z0, self._z0 + self._filled
-        self._pending = self._flusher.submit(self._array.__setitem__, slice(z0, z1), full[: self._filled])
-        self._slab = np.zeros(self.layout.shards, dtype=self.layout.dtype) if z1 < self.layout.shape[0] else full
+        region = (self._t, slice(z0, z1)) if self.layout.n_volumes > 1 else slice(z0, z1)
+        self._pending = self._flusher.submit(self._array.__setitem__, region, full[: self._filled])
+        last = self._t == self.layout.n_volumes - 1 and z1 == self.layout.n_slices
+        self._slab = full if last else np.zeros(self.layout.slab_shape, dtype=self.layout.dtype)
         self._z0, self._filled = z1, 0
+        if z1 == self.layout.n_slices and not last:
+            self._t, self._z0 = self._t + 1, 0
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -137,6 +161,11 @@ class VolumeWriter:
             finally:
                 self._pending = None
 
+    def abort(self) -> None:
+        """Stop without writing what is buffered (the caller removes the partial volume)."""
+        self._flusher.shutdown(wait=True, cancel_futures=True)
+        self._pending, self._slab = None, np.zeros(0)
+
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
         try:
@@ -144,7 +173,8 @@ class VolumeWriter:
             self._wait()
         finally:
             self._flusher.shutdown(wait=True)
-        if self._z0 != self.layout.shape[0]:
-            raise RuntimeError(f"{self.uri}: wrote {self._z0} slices of {self.layout.shape[0]}")
+        written = self._t * self.layout.n_slices + self._z0
+        if written != self.layout.n_volumes * self.layout.n_slices:
+            raise RuntimeError(f"{self.uri}: wrote {written} slices of {self.layout.n_volumes * self.layout.n_slices}")
         self._slab = np.zeros(0)
-        return self._z0
+        return written

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io.convert import IRREGULAR_MODES, TILT_MODES, ConvertSettings
 from dicom_io import aggregate, previews, schemas
+from dicom_io.pixels import PHILIPS_SCALINGS
 from dicom_io.volume import COMPRESSION_LEVEL
 from pipelines.common import (DeidOptions, JobOptions, PixelOptions, deid_settings, parse_bool, quiet_main,
                               require, run_job)
@@ -51,6 +52,12 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--store", choices=schemas.VOLUME_STORES, default=schemas.STORE_DIRECTORY,
                             help="directory (OUT/volumes/{key}.zarr) or zip (OUT/volumes/{key}.zarr.zip, "
                                  "one object per series)")
+        parser.add_argument("--philips_scaling", choices=PHILIPS_SCALINGS, default="dv",
+                            help="Philips MR values: dv (displayed, the DICOM rescale) or fp (floating point, "
+                                 "DV / (RescaleSlope x (2005,100E) ScaleSlope), float32)")
+        parser.add_argument("--stacks_3d", type=parse_bool, nargs="?", const=True, default=False,
+                            help="Write every volume of a 4D series (time points, b-values, echoes, triggers) "
+                                 "as its own 3D stack instead of one (t, z, y, x) array")
 
 
 SHARED_OPTIONS = (("pixels", PixelOptions), ("de-identification", DeidOptions))
@@ -84,6 +91,7 @@ def settings_of(opts: ConvertOptions) -> ConvertSettings:
     return ConvertSettings(output=shared.output, overwrite=opts.overwrite, max_pixel_bytes=opts.view_as(PixelOptions).max_pixel_bytes,
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
                            store=opts.store,
+                           four_d=not opts.stacks_3d, philips_scaling=opts.philips_scaling,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 

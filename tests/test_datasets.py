@@ -203,3 +203,13 @@ def test_user_tables_stream_and_are_refused_at_their_first_row(tmp_path):
     assert [r[ROW] for r in datasets.iter_rows(str(tmp_path / "big.parquet"))][-2:] == [69_998, 69_999]
     with pytest.raises(datasets.TableError, match="no column 'text'"):
         next(datasets.iter_checked_rows(str(path), ["study_id", "text"]))
+
+
+def test_series_images_of_a_4d_series_use_the_first_volume_middle_preview(tmp_path):
+    out = str(tmp_path)
+    header = ",".join(schemas.SLICE_COLUMNS)
+    rows = [f"{z},u{t}{z},{z + 1},0,0,{z},/in/{t},md5,{z},{'mid.png' if (t, z) == (0, 1) else ''},{t}"
+            for t in range(2) for z in range(3)]  # --previews=middle on a (2, 3, y, x) array
+    storage.write_bytes(schemas.slices_csv_uri(out, "k4"), ("\n".join([header] + rows) + "\n").encode())
+    images = datasets.series_images(out, "k4")
+    assert images["preview_uri"] == "mid.png" and images["image_uris"] == ["mid.png"]

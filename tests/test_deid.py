@@ -111,3 +111,24 @@ def test_a_short_or_missing_key_is_refused(phi_corpus, tmp_path, monkeypatch):
     monkeypatch.delenv("DICOMFLOW_DEID_KEY", raising=False)
     with pytest.raises(SystemExit, match="secret of at least 16"):
         convert(["--input", str(phi_corpus[0]), "--output", str(tmp_path), "--deidentify", *RUNNER_ARGS])
+
+
+def test_acquisition_datetime_of_enhanced_frames_is_date_shifted_times_kept():
+    from dicom_io.attributes import VOLUME_ATTRIBUTES
+    from dicom_io.header import FrameInfo, InstanceHeader
+
+    def volume(when):
+        return tuple((a.name, when if a.name == "acquisition_time" else None) for a in VOLUME_ATTRIBUTES)
+
+    d = Deidentifier(DeidSettings(key="k" * 32))
+    frame = FrameInfo(None, None, (1.0, 0.0), volume("20100114203006.5525"))
+    h = InstanceHeader(source_uri="x", size_bytes=1, sop_instance_uid="1.2", series_instance_uid="1.3",
+                       study_instance_uid="1.4", sop_class_uid="", transfer_syntax_uid="", modality="MR", image_type=(),
+                       instance_number=None, image_position=None, image_orientation=None, pixel_spacing=None, rows=1,
+                       columns=1, number_of_frames=1, samples_per_pixel=1, photometric="MONOCHROME2", bits_allocated=16,
+                       bits_stored=16, pixel_representation=0, rescale_slope=1.0, rescale_intercept=0.0,
+                       volume=volume("203006.5525"), frames=(frame,), series_tags={"PatientID": "PAT"})
+    out = d.header(h)
+    shifted = dict(out.frames[0].volume)["acquisition_time"]
+    assert "20100114" not in shifted and shifted.endswith("203006.5525") and len(shifted) == len("20100114203006.5525")
+    assert out.value("acquisition_time") == "203006.5525"  # a time of day alone is kept

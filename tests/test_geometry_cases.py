@@ -154,20 +154,20 @@ def test_radial_series_is_never_one_volume(cases):
     assert all(r["n_slices"] == 1 and r["split_by"] == ["orientation"] for r in rows["radial"])
 
 
-def test_enhanced_multiframe_is_ordered_and_split_by_echo(cases):
+def test_enhanced_multiframe_is_ordered_and_split_by_echo_into_4d(cases):
     _, out, rows, expected = cases
-    stacks = rows["enhanced"]
-    assert [json.loads(r["stack_attributes"]) for r in stacks] == [{"echo": e} for e in ECHOES]
-    for row, echo in zip(stacks, ECHOES):
-        assert row["split_by"] == ["echo"] and row["geometry"] == "regular"
-        assert row["spacing"][0] == pytest.approx(3.0) and row["spacing"][1:] == [0.8, 0.8]
-        assert np.array_equal(_volume(row), expected["enhanced"][echo])
-        with open(schemas.slices_csv_uri(out, row["series_key"])) as fh:
-            frames = {r["frame_index"] for r in csv.DictReader(fh)}
-        assert len(frames) == 6  # six different frames of the one file
-    # the file is in two stacks, and listed once in the instances table, under the first
+    [row] = rows["enhanced"]  # the echoes lie on one grid: one (t, z, y, x) array
+    assert row["split_by"] == ["echo"] and row["geometry"] == "regular" and row["n_volumes"] == len(ECHOES)
+    assert [v["echo"] for v in json.loads(row["volumes"])] == list(ECHOES)
+    assert row["spacing"][0] == pytest.approx(3.0) and row["spacing"][1:] == [0.8, 0.8]
+    volume = _volume(row)
+    for t, echo in enumerate(ECHOES):
+        assert np.array_equal(volume[t], expected["enhanced"][echo])
+    with open(schemas.slices_csv_uri(out, row["series_key"])) as fh:
+        frames = [(r["t_index"], r["frame_index"]) for r in csv.DictReader(fh)]
+    assert len({f for _, f in frames}) == 6 * len(ECHOES)  # every frame of the one file, once
     rows = [r for r in read_table(out, "instances").to_pylist() if r["source_uri"].endswith("multi.dcm")]
-    assert len(rows) == 1 and rows[0]["status"] == "converted" and rows[0]["series_key"] == stacks[0]["series_key"]
+    assert len(rows) == 1 and rows[0]["status"] == "converted" and rows[0]["series_key"] == row["series_key"]
 
 
 @pytest.fixture(scope="module")

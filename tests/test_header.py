@@ -48,3 +48,49 @@ def test_truncated_file_is_not_silently_an_image(corpus):
 
 def test_localizer_flag(corpus):
     assert _read(corpus.localizers[0]).is_localizer
+
+
+def test_volume_attributes_come_from_the_one_table(tmp_path):
+    """Every VOLUME_ATTRIBUTES row is read (top-level keyword or private tag), nothing else to wire."""
+    import numpy as np
+    import pydicom
+
+    from dicom_io import attributes, header
+    from tests import synthetic
+
+    spec = synthetic.SeriesSpec(series_uid="1.2.3", study_uid="1.2", patient_id="P", modality="MR",
+                                positions=[(0.0, 0.0, 0.0)], iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0),
+                                rows=4, cols=4, echo_number=2, echo_time=30.0)
+    path = str(tmp_path / "a.dcm")
+    synthetic.write_instance(path, spec, 0, seed=0, pixels=np.zeros((4, 4), dtype=np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.TriggerTime, ds.TemporalPositionIdentifier, ds.AcquisitionTime = "412.5", 3, "101501.25"
+    ds.DiffusionBValue, ds.DiffusionGradientOrientation = 800.0, [0.0, 0.6, 0.8]
+    ds.save_as(path)
+    h = _read(path)
+    assert dict(h.volume) == {"echo": 2, "temporal_position": 3, "b_value": 800, "diffusion_direction": (0.0, 0.6, 0.8),
+                              "acquisition_number": 1, "trigger_time": 412.5, "echo_time": 30, "acquisition_time":
+                              "101501.25", "stack_id": None}
+    assert [name for name, _ in h.volume] == [a.name for a in attributes.VOLUME_ATTRIBUTES]
+    assert set(attributes.KEYWORDS) <= set(header._RECORD_KEYWORDS)
+
+
+def test_one_parse_one_record():
+    from dicom_io.header import header_record, parse_header
+
+    path = get_testdata_file("CT_small.dcm", download=False)
+    with open(path, "rb") as fp:
+        parsed = parse_header(fp, path, os.path.getsize(path))
+    assert parsed.pixel_element == "PixelData" and parsed.pixel_offset is not None
+    assert header_record(parsed, path, os.path.getsize(path)) == _read(path)
+
+
+def test_private_siemens_b_value_and_direction_when_the_standard_ones_are_absent():
+    import nibabel
+
+    from dicom_io import storage
+
+    path = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data", "siemens_dwi_1000.dcm.gz")
+    with storage.open_source(path) as fp:
+        h = read_header(fp, path, storage.size_of(path))
+    assert h.value("b_value") == 1000 and h.value("diffusion_direction") == pytest.approx((0.99997449, 0.00505012, -0.00505012))

@@ -79,15 +79,16 @@ def test_geometry_and_spacing_are_what_the_positions_show(corpus, converted):
             assert row["max_gap"] == pytest.approx(2 * exp["spacing"])
 
 
-def test_multi_echo_series_becomes_one_volume_per_echo(corpus, converted):
+def test_multi_echo_series_becomes_one_4d_array_of_echoes(corpus, converted):
     series = _series(converted)
     uid = next(u for u, e in corpus.expected.items() if e["kind"] == "multi_echo")
-    stacks = sorted((r for (u, _), r in series.items() if u == uid), key=lambda r: r["stack_index"])
-    assert [json.loads(r["stack_attributes"]) for r in stacks] == [{"echo": 1}, {"echo": 2}]
-    assert all(r["split_by"] == ["echo"] and r["n_slices"] == 10 for r in stacks)
-    for row, spec in zip(stacks, corpus.expected[uid]["spec"]):
-        volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
-        assert np.array_equal(volume, _expected_hu(spec))
+    [row] = [r for (u, _), r in series.items() if u == uid]
+    assert row["split_by"] == ["echo"] and row["n_slices"] == 10 and row["n_volumes"] == 2
+    assert [v["echo"] for v in json.loads(row["volumes"])] == [1, 2] and json.loads(row["stack_attributes"]) == {}
+    volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
+    assert volume.shape[:2] == (2, 10)
+    for t, spec in enumerate(corpus.expected[uid]["spec"]):
+        assert np.array_equal(volume[t], _expected_hu(spec))
 
 
 def test_zarr_attributes_series_json_and_slices_csv_agree(corpus, converted):
@@ -98,17 +99,20 @@ def test_zarr_attributes_series_json_and_slices_csv_agree(corpus, converted):
         record = json.loads(open(schemas.series_json_uri(converted, key)).read())
         assert record["series_key"] == key == dicom["series_key"]
         assert record["affine_lps"] == dicom["affine_lps"] and record["geometry"] == row["geometry"]
-        assert record["provenance"]["source_count"] == row["n_slices"]
+        assert record["provenance"]["source_count"] == row["n_slices"] * row["n_volumes"]
         ome = group.attrs["ome"]["multiscales"][0]
-        assert [a["name"] for a in ome["axes"]] == ["z", "y", "x"]
+        assert [a["name"] for a in ome["axes"]] == ["t", "z", "y", "x"][(row["n_volumes"] == 1):]
         with open(schemas.slices_csv_uri(converted, key)) as fh:
             slices = list(csv.DictReader(fh))
         volume = group["0"][:]
-        assert [int(s["z_index"]) for s in slices] == list(range(volume.shape[0]))
+        if row["n_volumes"] == 1:
+            volume = volume[np.newaxis]  # (t, z, y, x) either way
+        assert [(int(s["t_index"]), int(s["z_index"])) for s in slices] == [
+            (t, z) for t in range(volume.shape[0]) for z in range(volume.shape[1])]
         affine = np.array(dicom["affine_lps"])
         for s in slices:
             z = int(s["z_index"])
-            assert s["pixel_md5"] == slice_md5(volume[z])
+            assert s["pixel_md5"] == slice_md5(volume[int(s["t_index"]), z])
             # the affine puts voxel (0, 0, z) exactly at that slice's ImagePositionPatient
             assert affine @ [0, 0, z, 1] == pytest.approx([float(s["ipp_x"]), float(s["ipp_y"]), float(s["ipp_z"]), 1],
                                                           abs=1e-3 if row["geometry"] == "regular" else 1.5)

@@ -129,11 +129,52 @@ def test_gdcm_fallback_runs_in_its_own_process_and_agrees():
     assert "gdcm" not in pixels.get_decoder(h.transfer_syntax_uid).available_plugins  # never in-process
 
 
-def test_no_installed_decoder_gives_the_transfer_syntax_name():
-    """12-bit JPEG extended (JPEG-lossy.dcm): pylibjpeg rejects its scan, Pillow and this GDCM
-    build lack 12-bit JPEG; the reason names the syntax and every decoder's answer."""
-    path = get_testdata_file("JPEG-lossy.dcm", download=False)
+def _jpeg_lossy_with_frame(tmp_path, cut):
+    """JPEG-lossy.dcm with its one frame replaced by cut(frame)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm", download=False))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([cut(frame)])
+    path = str(tmp_path / "cut.dcm")
+    ds.save_as(path)
     with open(path, "rb") as fp:
-        h = read_header(fp, path, os.path.getsize(path))
-    with open(path, "rb") as fp, pytest.raises(DecodeError, match=r"^decode error: JPEG Extended \(Process 2 and 4\)"):
+        return path, read_header(fp, path, os.path.getsize(path))
+
+
+def test_no_installed_decoder_gives_the_transfer_syntax_name(tmp_path):
+    """12-bit JPEG whose scan header is cut to 2 bytes: pylibjpeg, imagecodecs and GDCM all fail;
+    the reason names the syntax and every decoder's answer."""
+    path, h = _jpeg_lossy_with_frame(
+        tmp_path, lambda f: f[:f.find(b"\xff\xda")] + b"\xff\xda\x00\x02" + bytes(50) + b"\xff\xd9")
+    with open(path, "rb") as fp, pytest.raises(DecodeError, match=r"(?s)^decode error: JPEG Extended \(Process 2 and 4\)"
+                                                                r".*imagecodecs: Jpeg8Error.*GDCM"):
         pixels.decode(fp, h)
+
+
+def test_truncated_jpeg_frame_is_an_error_not_a_grey_fill(tmp_path):
+    path, h = _jpeg_lossy_with_frame(tmp_path, lambda f: f[:f.find(b"\xff\xda") + 200])
+    with open(path, "rb") as fp, pytest.raises(DecodeError, match=r"(?s)imagecodecs: ValueError: truncated JPEG frame \(no EOI marker\)"):
+        pixels.decode(fp, h)
+
+
+def test_12_bit_jpeg_extended_decodes_with_imagecodecs_to_the_reference():
+    """JPEG-lossy.dcm (1.2.840.10008.1.2.4.51, 12-bit, an invalid scan stop pylibjpeg-libjpeg refuses):
+    pydicom's reference values, and its fixed twin JPGExtended.dcm as pylibjpeg decodes it (IDCTs
+    may differ by one grey level, as JPEG allows)."""
+    h, arr = _decode("JPEG-lossy.dcm")
+    assert h.transfer_syntax_uid == "1.2.840.10008.1.2.4.51" and h.bits_stored == 12
+    assert arr.shape == (1, 1024, 256) and arr.dtype == np.uint16
+    assert arr[0, 420, 140] == 244 and arr[0, 230, 120] == 95  # pydicom's PixelReference for this file
+    fixed = pydicom.dcmread(get_testdata_file("JPGExtended.dcm", download=False)).pixel_array  # pylibjpeg
+    assert np.abs(arr[0].astype(np.int32) - fixed).max() <= 1 and np.mean(arr[0] == fixed) > 0.98
+    _, again = _decode("JPGExtended.dcm")
+    assert np.array_equal(again, fixed[np.newaxis])  # the fixed file is still pylibjpeg's
+
+
+def test_12_bit_jpeg_frame_larger_than_its_header_is_refused_before_imagecodecs():
+    h, _ = _decode("JPEG-lossy.dcm")
+    path = get_testdata_file("JPEG-lossy.dcm", download=False)
+    small = dataclasses.replace(h, rows=64, columns=64)
+    with open(path, "rb") as fp, pytest.raises(DecodeError, match="the compressed frame declares 1024 x 256"):
+        pixels.decode(fp, small)

@@ -55,6 +55,8 @@ def test_convert_series_emits_one_series_row_per_stack(pipeline, corpus, tmp_pat
         images = (headers | DropLocalizers())["images"]
         result = images | ConvertSeries(settings)
         keys = result["series"] | "Keys" >> beam.Map(lambda r: (r["status"], r["stack_index"]))
-        # regular axial, coronal, irregular, and the MR series split into two echo stacks
-        assert_that(keys, equal_to([("converted", 0)] * 4 + [("converted", 1)]), label="Stacks")
+        # regular axial, coronal, irregular, and the MR series' two echoes as one (t, z, y, x) stack
+        assert_that(keys, equal_to([("converted", 0)] * 4), label="Stacks")
+        volumes = result["series"] | "Volumes" >> beam.Map(lambda r: r["n_volumes"])
+        assert_that(volumes, equal_to([1, 1, 1, 2]), label="Volumes")
         assert_that(result["instances"], is_not_empty(), label="Instances")

@@ -58,7 +58,7 @@ def test_a_changed_slice_in_zarr_is_detected(clean, tmp_path):
     _, out, series, instances = clean
     copy_out = str(tmp_path / "out")
     shutil.copytree(out, copy_out)
-    key = next(k for k, r in series.items() if r["geometry"] == "regular")
+    key = next(k for k, r in series.items() if r["geometry"] == "regular" and r["n_volumes"] == 1)
     volume = zarr.open_group(schemas.zarr_uri(copy_out, key), mode="r+")["0"]
     plane = volume[2]
     plane[5, 5] += 1  # one value of one slice

@@ -46,3 +46,24 @@ def test_writer_refuses_a_short_volume(tmp_path):
     writer.append(np.zeros((4, 4), np.int16))
     with pytest.raises(RuntimeError, match="wrote 1 slices of 3"):
         writer.close()
+
+
+def test_writer_streams_a_4d_array_volume_after_volume(tmp_path):
+    data = np.arange(3 * 70 * 4 * 5, dtype=np.int16).reshape(3, 70, 4, 5)  # 70 slices: two shards per volume
+    layout = choose_layout(70, 4, 5, "int16", n_volumes=3)
+    assert layout.shape == (3, 70, 4, 5) and layout.shards == (1, 64, 4, 5) and layout.chunks[0] == 1
+    assert layout.dimension_names == ("t", "z", "y", "x")
+    uri = str(tmp_path / "v4.zarr")
+    writer = VolumeWriter(uri, layout, {})
+    for plane in data.reshape(-1, 4, 5):
+        writer.append(plane)
+    assert writer.close() == 3 * 70
+    assert np.array_equal(zarr.open_group(uri, mode="r")["0"][:], data)
+
+
+def test_writer_refuses_a_4d_array_missing_slices(tmp_path):
+    writer = VolumeWriter(str(tmp_path / "short.zarr"), choose_layout(4, 2, 2, "int16", n_volumes=2), {})
+    for _ in range(7):
+        writer.append(np.zeros((2, 2), dtype=np.int16))
+    with pytest.raises(RuntimeError, match="wrote 7 slices of 8"):
+        writer.close()

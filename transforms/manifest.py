@@ -165,7 +165,7 @@ class CrawlHeaderFn(beam.DoFn):
         self.parsed.inc()
         try:
             size = storage.size_of(uri) if size is None else size
-            with storage.open_read(uri) as fp:
+            with storage.open_source(uri) as fp:  # x.dcm.gz decompressed, as convert reads it
                 crawled = manifest.crawl(fp, uri, size, mtime, self._all_tags, self._max_items, self._deid)
         except FileNotFoundError as exc:
             crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, f"source disappeared: {exc}"))

@@ -1,0 +1,234 @@
+"""Siemens mosaics (dicom_io/mosaic.py) on the real DWI mosaics nibabel ships, end to end.
+
+nibabel's `siemens_dwi_0.dcm.gz` / `siemens_dwi_1000.dcm.gz` are real Siemens headers (CSA
+included) whose pixels were zeroed to make them small; the tests also write them with a known
+pattern in every tile (same headers), so demosaicing is checked on values that can differ.
+References: nibabel's MosaicWrapper (its own demosaic and position code, not the CSA reader we
+share) and dcm2niix (pinned in requirements-test.txt).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+from benchmarks.crosscheck_dcm2niix import dicomflow_volumes, matches
+from dicom_io import pixels, storage
+from dicom_io.errors import HeaderError
+from dicom_io.header import read_header
+from dicom_io.tables import read_table
+from pipelines.convert import run
+from tests.conftest import RUNNER_ARGS
+
+NIBABEL_DATA = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data")
+DWI = {0: os.path.join(NIBABEL_DATA, "siemens_dwi_0.dcm.gz"), 1000: os.path.join(NIBABEL_DATA, "siemens_dwi_1000.dcm.gz")}
+N_IMAGES, TILE, GRID = 48, 128, 7
+
+
+def _header(path):
+    with storage.open_source(path) as fp:
+        return read_header(fp, path, storage.size_of(path))
+
+
+def _nibabel_wrapper(path):
+    from nibabel.nicom import dicomwrappers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return dicomwrappers.wrapper_from_data(pydicom.dcmread(io.BytesIO(gzip.open(path).read())))
+
+
+def _pattern(b_value: int) -> np.ndarray:
+    """A 896 x 896 mosaic whose 48 tiles all differ (12-bit values), the unused tile zero."""
+    r, c = np.mgrid[0:TILE, 0:TILE]
+    mosaic = np.zeros((GRID * TILE, GRID * TILE), dtype=np.uint16)
+    for k in range(N_IMAGES):
+        tile = (k * 61 + r * 7 + c * 3 + b_value // 10) % 4096
+        row, col = divmod(k, GRID)
+        mosaic[row * TILE:(row + 1) * TILE, col * TILE:(col + 1) * TILE] = tile
+    return mosaic
+
+
+@pytest.fixture(scope="module")
+def patterned(tmp_path_factory):
+    """The two mosaics with patterned pixels: {b: (gz path, plain path)}."""
+    root = tmp_path_factory.mktemp("mosaic")
+    (root / "gz").mkdir()
+    (root / "plain").mkdir()
+    out = {}
+    for b, path in DWI.items():
+        ds = pydicom.dcmread(io.BytesIO(gzip.open(path).read()))
+        ds.PixelData = _pattern(b).tobytes()
+        plain = root / "plain" / f"dwi_{b}.dcm"
+        ds.save_as(plain)
+        zipped = root / "gz" / f"dwi_{b}.dcm.gz"
+        zipped.write_bytes(gzip.compress(plain.read_bytes()))
+        out[b] = (str(zipped), str(plain))
+    return out
+
+
+def test_nibabel_ships_real_mosaics():
+    for path in DWI.values():
+        h = _header(path)
+        assert "MOSAIC" in h.image_type and h.rows == h.columns == 896 and h.mosaic is not None
+
+
+def test_mosaic_header_tiles_and_corrected_positions_agree_with_nibabel():
+    h = _header(DWI[1000])
+    assert (h.mosaic.n_images, h.mosaic.grid, h.plane_rows, h.plane_columns) == (N_IMAGES, GRID, TILE, TILE)
+    wrapper = _nibabel_wrapper(DWI[1000])
+    assert np.allclose(h.frames[0].position, wrapper.image_position, atol=1e-6)
+    assert not np.allclose(h.frames[0].position, h.image_position)  # the stored IPP is the mosaic's corner
+    # slice k: k x SpacingBetweenSlices (3 mm) along the CSA slice normal, as nibabel's affine says
+    affine = wrapper.affine  # nibabel's DICOM affine: LPS, (row, column, slice) index order
+    for k in (1, 47):
+        assert np.allclose(h.frames[k].position, (affine @ np.array([0, 0, k, 1.0]))[:3], atol=1e-4)
+    assert h.value("b_value") == 1000 and np.allclose(h.value("diffusion_direction"), [0.99997449, 0.00505012, -0.00505012])
+
+
+def test_demosaic_equals_nibabel_on_patterned_tiles(patterned):
+    zipped, _ = patterned[1000]
+    h = _header(zipped)
+    with storage.open_source(zipped) as fp:
+        tiles = pixels.decode(fp, h)
+    assert tiles.shape == (N_IMAGES, TILE, TILE)
+    assert len({t.tobytes() for t in tiles}) == N_IMAGES  # every tile differs: order is testable
+    reference = _nibabel_wrapper(zipped).get_data()  # (rows, cols, slices), scaled (slope 1 here)
+    assert np.array_equal(np.moveaxis(reference, 2, 0), tiles)
+
+
+def test_absurd_number_of_images_in_mosaic_is_refused_before_any_allocation(tmp_path):
+    from nibabel.nicom import csareader
+
+    ds = pydicom.dcmread(io.BytesIO(gzip.open(DWI[0]).read()))
+    h = _header(DWI[0])
+    raw = ds[0x00291010].value
+    csa = csareader.read(raw)
+    assert csa["tags"]["NumberOfImagesInMosaic"]["items"] == [N_IMAGES]
+    # rewrite the CSA item "48" as "99999999" in place (same length: the item is "48" + 6 spaces)
+    at = raw.index(b"NumberOfImagesInMosaic")
+    patched = raw[:at] + raw[at:].replace(b"48      ", b"99999999", 1)
+    assert patched != raw and csareader.read(patched)["tags"]["NumberOfImagesInMosaic"]["items"] == [99999999]
+    ds[0x00291010].value = patched
+    path = str(tmp_path / "absurd.dcm")
+    ds.save_as(path)
+    with pytest.raises(HeaderError, match="NumberOfImagesInMosaic is 99999999"):
+        _header(path)
+    assert h.mosaic.n_images == N_IMAGES
+
+
+def test_bad_mosaic_layout_is_an_invalid_header(tmp_path):
+    ds = pydicom.dcmread(io.BytesIO(gzip.open(DWI[0]).read()))
+    ds.Rows = ds.Columns = 900  # not a multiple of the 7 x 7 grid
+    ds.PixelData = bytes(900 * 900 * 2)
+    path = str(tmp_path / "bad.dcm")
+    ds.save_as(path)
+    with pytest.raises(HeaderError, match="invalid header: a 900 x 900 mosaic cannot hold a 7 x 7 grid of 48 images"):
+        _header(path)
+
+
+@pytest.fixture(scope="module")
+def converted(patterned, tmp_path_factory):
+    """dicomflow over the two .dcm.gz mosaics (4D default and --stacks_3d) and dcm2niix over plain copies."""
+    gz_dir = os.path.dirname(patterned[0][0])
+    out4, out3 = str(tmp_path_factory.mktemp("out4d")), str(tmp_path_factory.mktemp("out3d"))
+    run(["--input", gz_dir, "--output", out4, *RUNNER_ARGS])
+    run(["--input", gz_dir, "--output", out3, "--stacks_3d", *RUNNER_ARGS])
+    d2n = str(tmp_path_factory.mktemp("dcm2niix"))
+    binary = shutil.which("dcm2niix") or os.path.join(os.path.dirname(sys.executable), "dcm2niix")
+    subprocess.run([binary, "-z", "n", "-f", "dwi", "-o", d2n, os.path.dirname(patterned[0][1])],
+                   check=True, capture_output=True)
+    return out4, out3, d2n
+
+
+def test_dwi_mosaics_become_one_4d_array_with_b_values_and_directions(converted, patterned):
+    out4, _, _ = converted
+    [row] = read_table(out4, "series").to_pylist()
+    assert row["status"] == "converted" and row["n_volumes"] == 2 and row["n_slices"] == N_IMAGES
+    assert row["shape"] == [2, N_IMAGES, TILE, TILE] and row["dtype"] == "int16" and row["geometry"] == "regular"
+    volumes = json.loads(row["volumes"])
+    assert [v["b_value"] for v in volumes] == [0, 1000]
+    assert volumes[0]["diffusion_direction"] is None
+    assert np.allclose(volumes[1]["diffusion_direction"], [0.99997449, 0.00505012, -0.00505012])
+    group = zarr.open_group(row["zarr_uri"], mode="r")
+    assert group["0"].metadata.dimension_names == ("t", "z", "y", "x")
+    axes = group.attrs["ome"]["multiscales"][0]["axes"]
+    assert [(a["name"], a["type"]) for a in axes] == [("t", "time"), ("z", "space"), ("y", "space"), ("x", "space")]
+    assert group.attrs["dicom"]["volumes"] == volumes
+    instances = read_table(out4, "instances").to_pylist()
+    assert sorted(r["source_uri"] for r in instances) == sorted(p for p, _ in patterned.values())
+    slices = list(csv.DictReader(open(row["zarr_uri"].replace("/volumes/", "/slices/").replace(".zarr", ".csv"))))
+    assert [(int(r["t_index"]), int(r["z_index"])) for r in slices] == [(t, z) for t in range(2) for z in range(N_IMAGES)]
+    assert {r["source_uri"] for r in slices if r["t_index"] == "1"} == {patterned[1000][0]}
+
+
+def test_4d_array_matches_dcm2niix_voxels_affine_bvals_and_bvecs(converted):
+    out4, _, d2n = converted
+    [volume] = dicomflow_volumes(out4)
+    image = nibabel.load(os.path.join(d2n, "dwi.nii"))
+    bvals = [float(v) for v in open(os.path.join(d2n, "dwi.bval")).read().split()]
+    assert image.shape == (TILE, TILE, N_IMAGES, 2) and bvals == [0.0, 1000.0]
+    assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) is None
+    assert matches(np.asarray(image.dataobj), image.affine, [0.0, 900.0], volume).startswith("b-values")
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 0.5  # half a voxel off: another grid
+    assert matches(np.asarray(image.dataobj), shifted, bvals, volume) == "other grid"
+    volume.data[5, 6, 7, 1] += 1
+    assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) == "voxels differ"
+    # .bvec (FSL, image axes; dcm2niix flips the row axis, so y changes sign) from diffusion_direction_image
+    bvec = np.loadtxt(os.path.join(d2n, "dwi.bvec"))
+    record = json.load(open(glob.glob(os.path.join(out4, "series", "*.json"))[0]))
+    ours = np.array([v["diffusion_direction_image"] or [0, 0, 0] for v in record["volumes"]]).T * [[1], [-1], [1]]
+    assert np.allclose(bvec, ours, atol=1e-5)
+
+
+def test_stacks_3d_flag_writes_one_stack_per_volume_each_a_dcm2niix_volume(converted):
+    _, out3, d2n = converted
+    rows = sorted(read_table(out3, "series").to_pylist(), key=lambda r: r["stack_index"])
+    assert [(r["n_volumes"], json.loads(r["stack_attributes"]).get("b_value")) for r in rows] == [(1, 0), (1, 1000)]
+    image = nibabel.load(os.path.join(d2n, "dwi.nii"))
+    data = np.asarray(image.dataobj)
+    for t, volume in enumerate(sorted(dicomflow_volumes(out3), key=lambda v: v.key)):
+        assert matches(data[..., t], image.affine, None, volume) is None
+
+
+def test_verify_passes_on_the_4d_output(converted):
+    from dicom_io import schemas, tables
+    from pipelines import verify as verify_job
+
+    out4, _, _ = converted
+    verify_job.run(["--output", out4, *RUNNER_ARGS])
+    [result] = tables.read_shards(schemas.verify_prefix(out4, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA).to_pylist()
+    assert result["status"] == schemas.OK and result["checks_failed"] == 0, result
+    assert result["checks_passed"] >= 2 * N_IMAGES * 2  # every plane of both volumes, stored and re-decoded
+    assert verify_job.exit_status(["--output", out4]) == 0
+
+
+def test_previews_of_a_4d_array_name_every_plane_and_the_first_volume_middle(patterned, tmp_path):
+    out = str(tmp_path / "out")
+    run(["--input", os.path.dirname(patterned[0][0]), "--output", out, "--previews", "all", *RUNNER_ARGS])
+    [row] = read_table(out, "series").to_pylist()
+    slices = list(csv.DictReader(open(os.path.join(out, "slices", f"{row['series_key']}.csv"))))
+    uris = [r["preview_uri"] for r in slices]
+    assert len(set(uris)) == 2 * N_IMAGES and all(os.path.exists(u) for u in uris)  # one file per plane
+    assert uris[N_IMAGES].endswith(f"{N_IMAGES:05d}.jpg")  # t=1, z=0: planes numbered volume after volume
+    middle = str(tmp_path / "middle")
+    run(["--input", os.path.dirname(patterned[0][0]), "--output", middle, "--previews", "middle", *RUNNER_ARGS])
+    slices = list(csv.DictReader(open(os.path.join(middle, "slices", f"{row['series_key']}.csv"))))
+    marked = [(r["t_index"], r["z_index"]) for r in slices if r["preview_uri"]]
+    assert marked == [("0", str(N_IMAGES // 2))]
+    assert os.path.exists(os.path.join(middle, "previews", f"{row['series_key']}_montage.jpg"))
