@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dicom_io import schemas, storage, tables
 from dicom_io.exports import HDF5_COMPRESSIONS, ExportSettings
+from pipelines.sharding import table_sharding
 from pipelines.common import JobOptions, parse_bool, quiet_main, require, run_job
 from transforms.export import ExportSeries, WriteExportsTable
 
@@ -83,7 +84,7 @@ def build(pipeline: beam.Pipeline, opts: ExportOptions):
     """Attach the export graph to `pipeline`; returns the exports table's written URIs."""
     settings = settings_of(opts)
     rows = pipeline | "Export" >> ExportSeries(settings, tuple(opts.series or ()), summary_shards(settings.output))
-    return rows | "WriteExportsTable" >> WriteExportsTable(settings.to)
+    return rows | "WriteExportsTable" >> WriteExportsTable(settings.to, table_sharding(opts))
 
 
 def summarize(opts: ExportOptions) -> None:

@@ -109,8 +109,9 @@ class ExportSeries(beam.PTransform):
 
 
 class WriteExportsTable(WriteShardedFiles):
-    """Exports rows -> DIR/exports-00000-of-00001.parquet (sorted: same rows, same bytes)."""
+    """Exports rows -> DIR/exports-IIIII-of-NNNNN.parquet (planned shards, sorted: same rows, same bytes)."""
 
-    def __init__(self, to: str):
+    def __init__(self, to: str, sharding: tables.TableSharding = tables.TableSharding()):
         encoder = partial(tables.encode_parquet, schema=schemas.EXPORT_SCHEMA, sort_keys=("series_key", "format"))
-        super().__init__(schemas.export_prefix(to, schemas.EXPORTS_PREFIX), [("parquet", encoder)], "series_key", 1)
+        super().__init__(schemas.export_prefix(to, schemas.EXPORTS_PREFIX), [("parquet", encoder)], "series_key",
+                         sharding)
