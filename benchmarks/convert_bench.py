@@ -237,25 +237,49 @@ def find_dcm2niix() -> str:
     return found
 
 
-def run_all(workdir: Path, corpus: Path, big: Path) -> list[RunResult]:
-    """The four runs, in order: dicomflow x2 workers, dcm2niix, naive loop, dicomflow 1000-slice series."""
+def default_command(input_dir: Path, output_dir: Path) -> list[str]:
+    """The default local invocation a user types: no runner flags at all."""
+    return [sys.executable, "-m", "pipelines.convert", "--input", str(input_dir), "--output", str(output_dir),
+            "--progress", "none"]
+
+
+def run_all(workdir: Path, corpus: Path, big: Path, small: Path, large: Path | None) -> list[RunResult]:
+    """Every row, in one run: dicomflow default and Beam multi-process, dcm2niix, the naive loop,
+    start-up on 3 files, one 1000-slice series, and (if generated) the 4 GB linearity corpus."""
     out, logs = workdir / "out", workdir / "logs"
-    corpus_bytes, big_bytes = dir_bytes(corpus), dir_bytes(big)
+    corpus_bytes = dir_bytes(corpus)
     runs = [
-        ("dicomflow DirectRunner 2 workers", corpus_bytes, "dicomflow_mp2",
-         lambda o: dicomflow_command(corpus, o, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])),
+        ("dicomflow, default invocation (every core)", corpus_bytes, "dicomflow_default",
+         lambda o: default_command(corpus, o)),
+        ("dicomflow, Beam multi_processing x2", corpus_bytes, "dicomflow_mp2",
+         lambda o: dicomflow_command(corpus, o, ["--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                                                 "--progress", "none"])),
         ("dcm2niix -z n", corpus_bytes, "dcm2niix",
          lambda o: [find_dcm2niix(), "-z", "n", "-o", str(o), str(corpus)]),
-        ("naive pydicom+zarr loop", corpus_bytes, "naive",
+        ("naive loop (header pass, sort, np.stack, zarr, zstd 3)", corpus_bytes, "naive",
          lambda o: [sys.executable, "-m", "benchmarks.naive_convert", "--input", str(corpus), "--output", str(o)]),
-        (f"dicomflow in_memory, 1 series x {count_files(big)} slices", big_bytes, "dicomflow_big",
-         lambda o: dicomflow_command(big, o, ["--direct_running_mode=in_memory", "--direct_num_workers=1"])),
+        ("dicomflow start-up, 3 files", dir_bytes(small), "dicomflow_startup", lambda o: default_command(small, o)),
+        (f"dicomflow, 1 series x {count_files(big)} slices", dir_bytes(big), "dicomflow_big",
+         lambda o: default_command(big, o)),
     ]
+    if large is not None:
+        runs.append((f"dicomflow, default, {dir_bytes(large) / 1e9:.1f} GB", dir_bytes(large), "dicomflow_large",
+                     lambda o: default_command(large, o)))
     results = []
     for name, nbytes, slug, make_command in runs:
         output_dir = fresh_dir(out / slug)
         results.append(measure(name, make_command(output_dir), nbytes, output_dir, logs / f"{slug}.log"))
     return results
+
+
+def small_input(corpus: Path, small: Path) -> Path:
+    """Three files of the main corpus (one series' worth of start-up), copied once."""
+    if not small.is_dir() or count_files(small) != 3:
+        shutil.rmtree(small, ignore_errors=True)
+        small.mkdir(parents=True)
+        for path in sorted(p for p in corpus.rglob("*") if p.is_file())[:3]:
+            shutil.copy(path, small / path.name)
+    return small
 
 
 # --------------------------------------------------------------------------- corpora
@@ -297,32 +321,49 @@ def ensure_corpus(path: Path, target_bytes: int, slices_per_series: int, skip_ge
 # --------------------------------------------------------------------------- report
 
 
-COLUMNS = ("run", "input MB", "wall s", "MB/s", "peak RSS MB (one process)", "peak RSS sum of tree MB")
+COLUMNS = ("run", "input MB", "wall s", "CPU s", "MB/s", "wall / naive", "CPU / naive", "wall / dcm2niix",
+           "peak RSS MB (one process)", "peak RSS sum of tree MB")
 
 
 def markdown_table(results: Sequence[RunResult]) -> str:
-    """The results as a Markdown table (failed runs are flagged in the run column)."""
+    """The results as a Markdown table with the ratios to the naive loop and dcm2niix (same corpus only)."""
+    by_slug = {Path(r.log).stem: r for r in results}
+    naive, ref = by_slug.get("naive"), by_slug.get("dcm2niix")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
     for r in results:
+        same = naive is not None and r.input_bytes == naive.input_bytes
+        ratio = (lambda a, b: f"{a / b:.2f}") if same else (lambda a, b: "")
         name = r.name if r.returncode == 0 else f"{r.name} (FAILED rc={r.returncode})"
-        cells = [name, f"{r.input_mb:.0f}", f"{r.wall_s:.1f}", f"{r.mb_per_s:.1f}",
+        cells = [name, f"{r.input_mb:.0f}", f"{r.wall_s:.1f}", f"{r.cpu_s:.1f}", f"{r.mb_per_s:.0f}",
+                 ratio(r.wall_s, naive.wall_s) if naive else "", ratio(r.cpu_s, naive.cpu_s) if naive else "",
+                 ratio(r.wall_s, ref.wall_s) if ref and same else "",
                  f"{r.peak_rss_one_mb:.0f}", f"{r.peak_rss_tree_mb:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def notes(results: Sequence[RunResult]) -> list[str]:
-    """One-line observations: ratios to dcm2niix and to the naive loop, the 1000-slice memory target."""
-    by_slug = {Path(r.log).stem: r for r in results}
+    """Each target of issue 12, met or missed, with the figures."""
+    by = {Path(r.log).stem: r for r in results}
+    d, naive, ref = by.get("dicomflow_default"), by.get("naive"), by.get("dcm2niix")
     lines = []
-    ref, naive, mp2, big = (by_slug.get(k) for k in ("dcm2niix", "naive", "dicomflow_mp2", "dicomflow_big"))
-    if ref and mp2:
-        lines.append(f"dicomflow (2 workers) runs at {mp2.mb_per_s / ref.mb_per_s:.2f}x dcm2niix's throughput.")
-    if naive and mp2:
-        lines.append(f"dicomflow (2 workers) is {naive.wall_s / mp2.wall_s:.2f}x as fast as the naive loop.")
-    if big:
+    if d and naive:
+        lines.append(f"default invocation: wall {d.wall_s / naive.wall_s:.2f}x the naive loop (target <= 0.5), "
+                     f"CPU {d.cpu_s / naive.cpu_s:.2f}x (target <= 0.8)")
+    if d and ref:
+        lines.append(f"default invocation: wall {d.wall_s / ref.wall_s:.2f}x dcm2niix -z n (target <= 2)")
+    if by.get("dicomflow_startup"):
+        lines.append(f"start-up on 3 files: {by['dicomflow_startup'].wall_s:.1f} s wall (target <= 3)")
+    if by.get("dicomflow_big"):
+        big = by["dicomflow_big"]
         verdict = "meets" if big.peak_rss_one_mb < BIG_RSS_TARGET_MB else "MISSES"
-        lines.append(f"1-series run peak RSS {big.peak_rss_one_mb:.0f} MB {verdict} the {BIG_RSS_TARGET_MB} MB target.")
+        lines.append(f"1000-slice series: peak RSS {big.peak_rss_one_mb:.0f} MB per process, {verdict} the "
+                     f"{BIG_RSS_TARGET_MB} MB target")
+    if d and by.get("dicomflow_large"):
+        large = by["dicomflow_large"]
+        scale = large.input_bytes / d.input_bytes
+        lines.append(f"{scale:.2f}x the bytes took {large.wall_s / d.wall_s:.2f}x the wall time "
+                     f"(target <= {4.2 * scale / 4:.2f}x)")
     return lines
 
 
@@ -358,11 +399,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slices-per-series", type=int, default=250, help="slices per series of the main corpus")
     parser.add_argument("--big-series-slices", type=int, default=1000, help="slices of the single big series")
     parser.add_argument("--skip-generate", action="store_true", help="use the corpora already in --workdir")
+    parser.add_argument("--large-bytes", type=int, default=4_400_000_000,
+                        help="size of the linearity corpus (0: no linearity run)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Generate the corpora, run the four measurements, print and write the results."""
+    """Generate the corpora, run every measurement, print and write the results."""
     args = parse_args(argv)
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_corpus(corpus, args.bytes, args.slices_per_series, args.skip_generate)
     # target 1 byte: make_bench_corpus stops after the first series, so exactly one is written
     ensure_corpus(big, 1, args.big_series_slices, args.skip_generate)
-    results = run_all(workdir, corpus, big)
+    large = workdir / "large" if args.large_bytes else None
+    if large is not None:
+        ensure_corpus(large, args.large_bytes, args.slices_per_series, args.skip_generate)
+    results = run_all(workdir, corpus, big, small_input(corpus, workdir / "small"), large)
     table, observations = markdown_table(results), notes(results)
     print("\n" + table + "\n")
     for line in observations:

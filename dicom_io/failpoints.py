@@ -3,12 +3,14 @@
 DICOMFLOW_KILL_AT="POINT:SUBSTRING:N" SIGKILLs this process the N-th time it reaches POINT with a
 URI containing SUBSTRING, e.g. `before_replace:/slices/:2` (the second slices CSV written under
 its temporary name, not yet renamed) or `after_replace:/series/:3` (the third series committed).
-Unset, `reached` costs one dictionary lookup. Points: `before_replace`, `after_replace`
+Counts are per process: the fault tests run the job with --processes 1 so the N-th hit is the same
+every run; in a forked worker the job's launcher is killed too. Unset, `reached` costs one lookup. Points: `before_replace`, `after_replace`
 (dicom_io.storage.write_bytes, local paths).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -30,4 +32,7 @@ def reached(point: str, uri: str) -> None:
     with _lock:
         _hits[spec] = _hits.get(spec, 0) + 1
         if _hits[spec] == int(count):
+            parent = multiprocessing.parent_process()  # a worker of dicom_io.workers: the job dies with it
+            if parent is not None and parent.pid:
+                os.kill(parent.pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -12,10 +12,25 @@ table writer does). At most `2 x processes` inputs are in flight: memory stays b
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: a worker is killed when its parent dies (even by SIGKILL), never orphaned."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() == 1:  # the parent died before the line above ran
+        os._exit(1)
 
 
 def default_processes() -> int:
@@ -36,7 +51,8 @@ class Pool:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"))
+            self._executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_die_with_parent)
         return self._executor
 
     def submit(self, fn: Callable, item: Any) -> Iterator[tuple[Any, Any]]:

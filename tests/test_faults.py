@@ -38,7 +38,9 @@ KILL_POINTS = ("before_replace:/slices/:2", "before_replace:/series/:5", "after_
 
 
 def _cmd(src: str, out: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.convert", "--input", src, "--output", out, *RUNNER_ARGS]
+    """One process (--processes 1): the kill points of dicom_io.failpoints count per process."""
+    return [sys.executable, "-m", "pipelines.convert", "--input", src, "--output", out, *RUNNER_ARGS,
+            "--processes", "1"]
 
 
 def _env() -> dict:
