@@ -21,9 +21,25 @@ CHUNK = 1024 * 1024
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 
 
+META_PEEK = 16 * 1024
+
+
+def _plainly_not_deflated(fp: IO[bytes]) -> bool:
+    """True when the first bytes show a standard file meta (preamble, DICM, group length) whose
+    TransferSyntaxUID is not the deflated one: the common case, decided without parsing the meta."""
+    head = fp.read(META_PEEK)
+    fp.seek(0)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        return False
+    end = 144 + int.from_bytes(head[140:144], "little")
+    return end <= len(head) and DEFLATED.encode() not in head[144:end]
+
+
 def deflated_meta(fp: IO[bytes]) -> pydicom.dataset.FileMetaDataset | None:
     """The file meta when the file is deflated (fp left at the dataset), else None (fp at 0)."""
     fp.seek(0)
+    if _plainly_not_deflated(fp):
+        return None
     try:
         read_preamble(fp, False)
         meta = _read_file_meta_info(fp)

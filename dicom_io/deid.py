@@ -136,3 +136,14 @@ def burned_in_reason(h: InstanceHeader, settings: DeidSettings | None) -> str | 
     if settings is None or settings.allow_burned_in or (h.burned_in_annotation or "").upper() != "YES":
         return None
     return "burned-in annotation: (0028,0301) BurnedInAnnotation is YES (convert with --allow_burned_in)"
+
+
+_DEIDENTIFIERS: dict[DeidSettings, "Deidentifier"] = {}
+
+
+def deidentifier_for(settings: DeidSettings) -> "Deidentifier":
+    """One Deidentifier per settings and process (workers of dicom_io.workers build their own once)."""
+    found = _DEIDENTIFIERS.get(settings)
+    if found is None:
+        found = _DEIDENTIFIERS[settings] = Deidentifier(settings)
+    return found

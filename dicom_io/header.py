@@ -361,6 +361,10 @@ def _tag_number(keyword: str) -> int:
     return tag
 
 
+# Values are validated as dicomflow uses them (geometry, pixel module, sizes); pydicom's own reading
+# validation only warns, and costs about a tenth of a header parse.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 PHILIPS_SCALE_SLOPE = 0x2005100E  # (2005,100E) Philips MR private ScaleSlope (FL)
 
 # Every element the record reads, looked up once by tag number (keyword lookups cost more

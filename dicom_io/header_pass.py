@@ -10,23 +10,13 @@ import dataclasses
 from typing import Any, Union
 
 from dicom_io import schemas, storage
-from dicom_io.deid import DeidSettings, Deidentifier
+from dicom_io.deid import DeidSettings, deidentifier_for
 from dicom_io.errors import DicomflowError, NoPixelDataError
 from dicom_io.header import InstanceHeader, read_header
 
 Listed = tuple[str, Union[int, None], Union[str, None]]  # (uri, size if listed, manifest label)
 Outcome = tuple[str, Any]  # ("header", InstanceHeader) | (schemas.SKIPPED or schemas.FAILED, instance row)
 HEADER = "header"
-
-_deidentifiers: dict[DeidSettings, Deidentifier] = {}
-
-
-def _deidentifier(settings: DeidSettings) -> Deidentifier:
-    found = _deidentifiers.get(settings)
-    if found is None:
-        found = _deidentifiers[settings] = Deidentifier(settings)
-    return found
-
 
 def read_listed(listed: Listed, deid: DeidSettings | None = None) -> Outcome:
     """One listed file -> ("header", its InstanceHeader, de-identified when asked) or (status, row)."""
@@ -42,7 +32,7 @@ def read_listed(listed: Listed, deid: DeidSettings | None = None) -> Outcome:
     except (DicomflowError, OSError) as exc:
         return schemas.FAILED, schemas.instance_row(uri, schemas.FAILED, str(exc))
     header = dataclasses.replace(header, label=label) if label is not None else header
-    return HEADER, (_deidentifier(deid).header(header) if deid else header)
+    return HEADER, (deidentifier_for(deid).header(header) if deid else header)
 
 
 def read_batch(task: tuple[list[Listed], DeidSettings | None]) -> list[Outcome]:

@@ -20,9 +20,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Sequence
 
-from dicom_io import geometry, header, schemas, tags
-from dicom_io.errors import HeaderError
-from dicom_io.deid import DeidSettings, Deidentifier
+from dicom_io import geometry, header, schemas, storage, tags
+from dicom_io.errors import DicomflowError, HeaderError
+from dicom_io.deid import DeidSettings, Deidentifier, deidentifier_for
 from dicom_io.header import InstanceHeader
 from dicom_io.keys import series_key
 from dicom_io.plan import MISSING_SERIES_PREFIX
@@ -44,6 +44,7 @@ class CrawlSettings:
     previous: str | None = None  # OUT of an earlier run whose rows unchanged files reuse
     previous_tags: bool = False  # that run wrote a long tags table (needed to reuse with all_tags)
     deid: DeidSettings | None = None  # de-identify every row (no --all_tags then)
+    processes: int = 1  # forked processes parsing headers (dicom_io.workers); 1 = in the worker
 
 
 # ---- instances --------------------------------------------------------------------------------
@@ -306,3 +307,23 @@ def stale_shards(existing: Iterable[str], written: Iterable[str]) -> list[str]:
     """Shard files an earlier run with more shards left behind (compared by name: paths may differ in form)."""
     names = {posixpath.basename(uri.replace(os.sep, "/")) for uri in written}
     return sorted(uri for uri in existing if posixpath.basename(uri.replace(os.sep, "/")) not in names)
+
+
+def crawl_listed(listed: tuple[str, int | None, float | None], all_tags: bool = False,
+                 max_items: int | None = None, deid: "DeidSettings | None" = None) -> Crawled:
+    """One listed file (uri, size, mtime) -> its Crawled row; unreadable or vanished files a failed row."""
+    uri, size, mtime = listed
+    try:
+        size = storage.size_of(uri) if size is None else size
+        with storage.open_source(uri) as fp:  # x.dcm.gz decompressed, as convert reads it
+            return crawl(fp, uri, size, mtime, all_tags, max_items, deidentifier_for(deid) if deid else None)
+    except FileNotFoundError as exc:
+        return Crawled(failed_row(uri, size, mtime, f"source disappeared: {exc}"))
+    except (DicomflowError, OSError) as exc:
+        return Crawled(failed_row(uri, size, mtime, str(exc)))
+
+
+def crawl_batch(task: tuple[list, bool, int | None, "DeidSettings | None"]) -> list[Crawled]:
+    """crawl_listed over a batch (one task of a dicom_io.workers process)."""
+    batch, all_tags, max_items, deid = task
+    return [crawl_listed(listed, all_tags, max_items, deid) for listed in batch]

@@ -116,11 +116,29 @@ def rescale(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
 def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
+    fast = _offset_in_int16(stored, slope, intercept)
+    if fast is not None:
+        return fast
     if float(slope).is_integer() and float(intercept).is_integer() and max(abs(slope), abs(intercept)) < 2**31:
         # int32 is exact for <= 16-bit stored values with slope and intercept below 2**15
         exact32 = stored.dtype.itemsize <= 2 and max(abs(slope), abs(intercept)) < 2**15
         return stored.astype(np.int32 if exact32 else np.int64) * int(slope) + int(intercept)
     return stored.astype(np.float64) * slope + intercept  # huge values: inf/overflow caught by to_stored
+
+
+def _offset_in_int16(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
+    """The CT case (slope 1, integer intercept, every result inside int16) in int16 throughout: the
+    range is known from the stored min and max, so no int32 copy or second range pass is needed."""
+    if slope != 1.0 or not float(intercept).is_integer() or stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2:
+        return None
+    if not stored.size:
+        return None
+    lo, hi, offset = int(stored.min()), int(stored.max()), int(intercept)
+    if lo < -32768 or hi > 32767 or lo + offset < -32768 or hi + offset > 32767:
+        return None
+    out = stored.astype(np.int16)
+    out += np.int16(offset)
+    return out
 
 
 def _dataset(fp: IO[bytes], max_bytes: int) -> pydicom.Dataset:

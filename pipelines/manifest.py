@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from dicom_io import schemas, storage, tables
 from dicom_io.manifest import CrawlSettings
 from pipelines.common import DeidOptions, JobOptions, deid_settings, quiet_main, require, run_job
+from pipelines import localrun
 from pipelines.sharding import table_sharding
 from transforms.manifest import CrawlManifest, WriteManifest
 
@@ -66,7 +67,7 @@ def settings_of(opts: ManifestOptions) -> CrawlSettings:
         input_uri=shared.input, manifest_column=shared.manifest_column, all_tags=opts.all_tags,
         tags_max_items=opts.tags_max_items or None, previous=opts.previous,
         previous_tags=bool(opts.previous and _previous_tables(opts.previous, schemas.TAGS_LONG_PREFIX)),
-        deid=deid_settings("manifest", opts),
+        deid=deid_settings("manifest", opts), processes=localrun.processes_per_worker(opts, shared.processes),
     )
 
 

@@ -14,11 +14,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from dicom_io import manifest, schemas, storage, tags
-from dicom_io.deid import DeidSettings, Deidentifier
+from dicom_io.deid import DeidSettings
 from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
 from dicom_io.tables import TableSharding, encode_parquet, encode_wide_tags, wide_sharding
+from dicom_io import progress
+from dicom_io.workers import Pool
+from transforms.bundles import in_global_window
 from transforms.counters import NAMESPACE, Counter, CountFn
 from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
@@ -146,51 +149,81 @@ class ReuseUnchanged(beam.PTransform):
 # ---- headers ----------------------------------------------------------------------------------
 
 class CrawlHeaderFn(beam.DoFn):
-    """(uri, size, mtime) -> one instances row (main) and, with all_tags, (uri, entries) (tagged)."""
+    """(uri, size, mtime) -> one instances row (main) and, with all_tags, (uri, entries) (tagged).
 
-    def __init__(self, all_tags: bool, max_items: int | None, deid: DeidSettings | None = None):
+    `processes` > 1 (local runs): files are parsed in batches of BATCH in forked processes
+    (dicom_io.workers); what is in flight at the end of a bundle is emitted from finish_bundle.
+    """
+
+    BATCH = 64
+
+    def __init__(self, all_tags: bool, max_items: int | None, deid: DeidSettings | None = None,
+                 processes: int = 1):
         super().__init__()
         self._all_tags = all_tags
         self._max_items = max_items
         self._deid_settings = deid
+        self._processes = processes
 
     def setup(self):
-        self._deid = Deidentifier(self._deid_settings) if self._deid_settings else None
+        self._workers = Pool(self._processes)
+        self._batch: list = []
         self.parsed = Counter("headers_parsed", shown_as="files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.no_pixels = Metrics.counter(NAMESPACE, "files_without_pixel_data")
 
+    def _task(self, batch: list) -> tuple:
+        return batch, self._all_tags, self._max_items, self._deid_settings
+
     def process(self, element: tuple[str, int | None, float | None]):
-        uri, size, mtime = element
-        self.parsed.inc()
-        try:
-            size = storage.size_of(uri) if size is None else size
-            with storage.open_source(uri) as fp:  # x.dcm.gz decompressed, as convert reads it
-                crawled = manifest.crawl(fp, uri, size, mtime, self._all_tags, self._max_items, self._deid)
-        except FileNotFoundError as exc:
-            crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, f"source disappeared: {exc}"))
-        except (DicomflowError, OSError) as exc:
-            crawled = manifest.Crawled(manifest.failed_row(uri, size, mtime, str(exc)))
-        if not crawled.row["readable"]:
-            self.failed.inc()
-        elif crawled.row["reason"]:
-            self.no_pixels.inc()
-        yield crawled.row
-        if crawled.tags is not None:
-            yield TaggedOutput(TAGS, (uri, crawled.tags))
+        if self._processes == 1:
+            yield from self._outputs([manifest.crawl_listed(element, *self._task([])[1:])])
+            return
+        self._batch.append(element)
+        if len(self._batch) >= self.BATCH:
+            batch, self._batch = self._batch, []
+            for _, crawled in self._workers.submit(manifest.crawl_batch, self._task(batch)):
+                yield from self._outputs(crawled)
+
+    def finish_bundle(self):
+        pending = []
+        if self._batch:
+            batch, self._batch = self._batch, []
+            pending = list(self._workers.submit(manifest.crawl_batch, self._task(batch)))
+        for _, crawled in [*pending, *self._workers.drain()]:
+            for out in self._outputs(crawled):
+                yield (TaggedOutput(out.tag, in_global_window(out.value)) if isinstance(out, TaggedOutput)
+                       else in_global_window(out))
+        progress.flush()
+
+    def teardown(self):
+        self._workers.close()
+
+    def _outputs(self, crawled_files):
+        for crawled in crawled_files:
+            self.parsed.inc()
+            if not crawled.row["readable"]:
+                self.failed.inc()
+            elif crawled.row["reason"]:
+                self.no_pixels.inc()
+            yield crawled.row
+            if crawled.tags is not None:
+                yield TaggedOutput(TAGS, (crawled.row["uri"], crawled.tags))
 
 
 class CrawlHeaders(beam.PTransform):
     """(uri, size, mtime) -> {"rows": instances rows, "tags": (uri, entries)}."""
 
-    def __init__(self, all_tags: bool = False, max_items: int | None = None, deid: DeidSettings | None = None):
+    def __init__(self, all_tags: bool = False, max_items: int | None = None, deid: DeidSettings | None = None,
+                 processes: int = 1):
         super().__init__()
         self._all_tags = all_tags
         self._max_items = max_items
         self._deid = deid
+        self._processes = processes
 
     def expand(self, files):
-        parse = CrawlHeaderFn(self._all_tags, self._max_items, self._deid)
+        parse = CrawlHeaderFn(self._all_tags, self._max_items, self._deid, self._processes)
         results = files | "ParseHeader" >> beam.ParDo(parse).with_outputs(
             TAGS, main="rows")
         return {"rows": results.rows, TAGS: results[TAGS]}
@@ -207,7 +240,7 @@ class CrawlManifest(beam.PTransform):
         s = self._settings
         listed = pbegin | "ListFiles" >> ListFiles(s.input_uri, s.manifest_column)
         split = listed | "ReuseUnchanged" >> ReuseUnchanged(s)
-        crawled = split["to_read"] | "CrawlHeaders" >> CrawlHeaders(s.all_tags, s.tags_max_items, s.deid)
+        crawled = split["to_read"] | "CrawlHeaders" >> CrawlHeaders(s.all_tags, s.tags_max_items, s.deid, s.processes)
         instances = (split["rows"], crawled["rows"]) | "AllInstances" >> beam.Flatten()
         entries = (split[TAGS], crawled[TAGS]) | "AllTags" >> beam.Flatten()
         return {"instances": instances, TAGS: entries}
