@@ -5,7 +5,6 @@ Also ReadSummaryTable, which the verify job shares.
 
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any, Callable, Sequence
 
@@ -16,7 +15,7 @@ from apache_beam.pvalue import AsSingleton, TaggedOutput
 from dicom_io import datasets, schemas, storage, tables
 from dicom_io.errors import DicomflowError
 from dicom_io.tables import TableSharding
-from transforms.tables import WriteShardedFiles
+from transforms.tables import CountsCombineFn, WriteShardedFiles
 from transforms.headers import LOG, NAMESPACE
 
 UNMATCHED = "unmatched"
@@ -146,28 +145,16 @@ class WriteSummaryJsonFn(beam.DoFn):
         yield schemas.DATASET_SUMMARY_JSON
 
 
-class CountByFn(beam.CombineFn):
+class CountByFn(CountsCombineFn):
     """Elements -> {key_fn(element): count}: a bounded aggregate when the keys are few (splits, reasons)."""
 
     def __init__(self, key_fn: Callable):
         super().__init__()
         self._key_fn = key_fn
 
-    def create_accumulator(self):
-        return collections.Counter()
-
     def add_input(self, counts, element):
         counts[self._key_fn(element)] += 1
         return counts
-
-    def merge_accumulators(self, accumulators):
-        merged = collections.Counter()
-        for counts in accumulators:
-            merged.update(counts)
-        return merged
-
-    def extract_output(self, counts):
-        return dict(counts)
 
 
 class WriteUnmatched(beam.PTransform):

@@ -10,7 +10,7 @@ from dicom_io.deid import DeidSettings, burned_in_reason
 from dicom_io.header import InstanceHeader
 from dicom_io.header_pass import HEADER, read_batch, read_listed
 from dicom_io.workers import Pool
-from transforms.bundles import in_global_window
+from transforms.bundles import Batches, windowed
 from transforms.counters import LOG, NAMESPACE, Counter
 
 __all__ = ["DropLocalizers", "LOG", "NAMESPACE", "ReadHeaderFn", "ReadHeaders", "RouteInstancesFn"]
@@ -34,7 +34,7 @@ class ReadHeaderFn(beam.DoFn):
 
     def setup(self):
         self._workers = Pool(self._processes)
-        self._batch: list = []
+        self._batches = Batches(self._workers, read_batch, self._task, self.BATCH)
         self.read = Counter("files_read")
         self.failed = Counter("files_failed")
         self.skipped = Counter("files_skipped")
@@ -44,23 +44,16 @@ class ReadHeaderFn(beam.DoFn):
         if self._processes == 1:
             yield from self._outputs([read_listed(element, self._deid_settings)])
             return
-        self._batch.append(element)
-        if len(self._batch) >= self.BATCH:
-            batch, self._batch = self._batch, []
-            for _, outcomes in self._workers.submit(read_batch, (batch, self._deid_settings)):
-                yield from self._outputs(outcomes)
+        for outcomes in self._batches.add(element):
+            yield from self._outputs(outcomes)
 
     def finish_bundle(self):
-        if self._batch:
-            batch, self._batch = self._batch, []
-            pending = list(self._workers.submit(read_batch, (batch, self._deid_settings)))
-        else:
-            pending = []
-        for _, outcomes in [*pending, *self._workers.drain()]:
-            for out in self._outputs(outcomes):
-                yield (TaggedOutput(out.tag, in_global_window(out.value)) if isinstance(out, TaggedOutput)
-                       else in_global_window(out))
+        for outcomes in self._batches.finish():
+            yield from windowed(self._outputs(outcomes))
         progress.flush()
+
+    def _task(self, batch: list) -> tuple:
+        return batch, self._deid_settings
 
     def teardown(self):
         self._workers.close()

@@ -21,7 +21,7 @@ from dicom_io.manifest import CrawlSettings
 from dicom_io.tables import TableSharding, encode_parquet, encode_wide_tags, wide_sharding
 from dicom_io import progress
 from dicom_io.workers import Pool
-from transforms.bundles import in_global_window
+from transforms.bundles import Batches, windowed
 from transforms.counters import NAMESPACE, Counter, CountFn
 from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
@@ -167,7 +167,7 @@ class CrawlHeaderFn(beam.DoFn):
 
     def setup(self):
         self._workers = Pool(self._processes)
-        self._batch: list = []
+        self._batches = Batches(self._workers, manifest.crawl_batch, self._task, self.BATCH)
         self.parsed = Counter("headers_parsed", shown_as="files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.no_pixels = Metrics.counter(NAMESPACE, "files_without_pixel_data")
@@ -179,21 +179,12 @@ class CrawlHeaderFn(beam.DoFn):
         if self._processes == 1:
             yield from self._outputs([manifest.crawl_listed(element, *self._task([])[1:])])
             return
-        self._batch.append(element)
-        if len(self._batch) >= self.BATCH:
-            batch, self._batch = self._batch, []
-            for _, crawled in self._workers.submit(manifest.crawl_batch, self._task(batch)):
-                yield from self._outputs(crawled)
+        for crawled in self._batches.add(element):
+            yield from self._outputs(crawled)
 
     def finish_bundle(self):
-        pending = []
-        if self._batch:
-            batch, self._batch = self._batch, []
-            pending = list(self._workers.submit(manifest.crawl_batch, self._task(batch)))
-        for _, crawled in [*pending, *self._workers.drain()]:
-            for out in self._outputs(crawled):
-                yield (TaggedOutput(out.tag, in_global_window(out.value)) if isinstance(out, TaggedOutput)
-                       else in_global_window(out))
+        for crawled in self._batches.finish():
+            yield from windowed(self._outputs(crawled))
         progress.flush()
 
     def teardown(self):

@@ -11,7 +11,7 @@ from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX
 from dicom_io.series import SeriesResult, convert_series
 from dicom_io.workers import Pool
-from transforms.bundles import in_global_window
+from transforms.bundles import windowed
 from transforms.counters import LOG, Counter
 
 
@@ -49,11 +49,7 @@ class ConvertSeriesFn(beam.DoFn):
 
     def finish_bundle(self):
         for _, result in self._workers.drain():
-            for out in self._outputs(result):
-                if isinstance(out, TaggedOutput):
-                    yield TaggedOutput(out.tag, in_global_window(out.value))
-                else:
-                    yield in_global_window(out)
+            yield from windowed(self._outputs(result))
         progress.flush()
 
     def teardown(self):

@@ -26,15 +26,11 @@ def bucket_of_row(row: dict, key_field: str) -> int:
     return bucket_of_key(row.get(key_field))
 
 
-class BucketCountsFn(beam.CombineFn):
-    """(bucket, rows) pairs -> {bucket: rows}: at most BUCKETS entries, whatever the table's size."""
+class CountsCombineFn(beam.CombineFn):
+    """A bounded {key: count} aggregate; subclasses say what one element adds (`add_input`)."""
 
     def create_accumulator(self):
         return collections.Counter()
-
-    def add_input(self, counts, pair):
-        counts[pair[0]] += pair[1]
-        return counts
 
     def merge_accumulators(self, accumulators):
         merged = collections.Counter()
@@ -44,6 +40,14 @@ class BucketCountsFn(beam.CombineFn):
 
     def extract_output(self, counts):
         return dict(counts)
+
+
+class BucketCountsFn(CountsCombineFn):
+    """(bucket, rows) pairs -> {bucket: rows}: at most BUCKETS entries, whatever the table's size."""
+
+    def add_input(self, counts, pair):
+        counts[pair[0]] += pair[1]
+        return counts
 
 
 class PlanShards(beam.PTransform):
