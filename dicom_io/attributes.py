@@ -60,6 +60,15 @@ def vector3(value: Any) -> tuple[float, float, float] | None:
     return numbers  # type: ignore[return-value]
 
 
+def image_kind(value: Any) -> str | None:
+    """(0008,0008) ImageType, or an enhanced frame's (0008,9007) FrameType, as one string: images of
+    one series that differ in it (magnitude and phase, magnitude and field map) are other images, not
+    other volumes of one acquisition."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v).strip() for v in value) or None
+    return text(value)
+
+
 @dataclass(frozen=True)
 class VolumeAttribute:
     """One value that can differ between images at the same position of one series.
@@ -73,9 +82,12 @@ class VolumeAttribute:
     cast: Callable[[Any], Any]
     frame_path: tuple[str, ...] = ()  # functional group sequence(s) then keyword, enhanced frames
     role: str = INFO
+    joins_4d: bool = True  # False: stacks that differ by it stay separate arrays (never one 4D array)
 
 
 VOLUME_ATTRIBUTES: tuple[VolumeAttribute, ...] = (
+    VolumeAttribute("image_type", ("ImageType",), image_kind, ("MRImageFrameTypeSequence", "FrameType"), SPLIT,
+                    joins_4d=False),
     VolumeAttribute("echo", ("EchoNumbers", "EchoTime"), number, ("MREchoSequence", "EffectiveEchoTime"), SPLIT),
     VolumeAttribute("temporal_position", ("TemporalPositionIdentifier",), integer,
                     ("FrameContentSequence", "TemporalPositionIndex"), SPLIT),
@@ -96,6 +108,7 @@ VOLUME_ATTRIBUTES: tuple[VolumeAttribute, ...] = (
 BY_NAME = {a.name: a for a in VOLUME_ATTRIBUTES}
 SPLIT_NAMES = tuple(a.name for a in VOLUME_ATTRIBUTES if a.role == SPLIT)
 REPEAT_NAMES = tuple(a.name for a in VOLUME_ATTRIBUTES if a.role == REPEAT)
+SEPARATE_NAMES = tuple(a.name for a in VOLUME_ATTRIBUTES if not a.joins_4d)
 KEYWORDS = tuple(dict.fromkeys(k for a in VOLUME_ATTRIBUTES for k in a.keys if isinstance(k, str)))
 PRIVATE_TAGS = tuple(dict.fromkeys(k for a in VOLUME_ATTRIBUTES for k in a.keys if isinstance(k, int)))
 

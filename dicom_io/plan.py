@@ -342,7 +342,8 @@ def _grid_key(stack: StackPlan) -> tuple | None:
         return None
     h = stack.first
     return (geometry.orientation_key(stack.slices[0].orientation), h.plane_rows, h.plane_columns, h.bits_allocated,
-            tuple(_position_key(s) for s in stack.slices))
+            tuple(_position_key(s) for s in stack.slices),
+            tuple(repr(stack.slices[0].value(name)) for name in attributes.SEPARATE_NAMES))
 
 
 def _acquisition_order(stack: StackPlan) -> tuple:

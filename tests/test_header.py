@@ -68,7 +68,7 @@ def test_volume_attributes_come_from_the_one_table(tmp_path):
     ds.DiffusionBValue, ds.DiffusionGradientOrientation = 800.0, [0.0, 0.6, 0.8]
     ds.save_as(path)
     h = _read(path)
-    assert dict(h.volume) == {"echo": 2, "temporal_position": 3, "b_value": 800, "diffusion_direction": (0.0, 0.6, 0.8),
+    assert dict(h.volume) == {"image_type": "ORIGINAL\\PRIMARY\\AXIAL", "echo": 2, "temporal_position": 3, "b_value": 800, "diffusion_direction": (0.0, 0.6, 0.8),
                               "acquisition_number": 1, "trigger_time": 412.5, "echo_time": 30, "acquisition_time":
                               "101501.25", "stack_id": None}
     assert [name for name, _ in h.volume] == [a.name for a in attributes.VOLUME_ATTRIBUTES]

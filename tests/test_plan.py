@@ -147,3 +147,18 @@ def test_volumes_that_differ_by_nothing_stay_3d():
     b = [dataclasses.replace(header(i, i), source_uri=f"/e/{i:03d}", sop_instance_uid=f"9.{i}") for i in range(3)]
     plan = plan_series("1.2.3", a + b)
     assert [s.n_volumes for s in plan.stacks] == [1, 1] and plan.stacks[0].split_by == ("repeated_position",)
+
+
+def test_magnitude_and_phase_at_the_same_positions_are_two_3d_stacks_not_one_4d():
+    """Other image types of one series (magnitude and phase; magnitude and a field map, as Philips
+    enhanced files mix) are other images, as dcm2niix writes them: never volumes of one 4D array."""
+    mag = [header(i, i, {"image_type": "ORIGINAL\\PRIMARY\\M\\ND"}) for i in range(3)]
+    phase = [header(10 + i, i, {"image_type": "ORIGINAL\\PRIMARY\\P\\ND"}) for i in range(3)]
+    stacks = plan_series("1.2.3", mag + phase).stacks
+    assert [s.n_volumes for s in stacks] == [1, 1] and [s.n_slices for s in stacks] == [3, 3]
+    assert all(s.split_by == ("image_type",) for s in stacks)
+    assert sorted(s.stack_attributes["image_type"] for s in stacks) == ["ORIGINAL\\PRIMARY\\M\\ND",
+                                                                        "ORIGINAL\\PRIMARY\\P\\ND"]
+    echoes = [header(20 + i, i % 3, {"image_type": "ORIGINAL\\PRIMARY\\M\\ND", "echo": 1 + i // 3}) for i in range(6)]
+    [four_d] = plan_series("1.2.3", echoes).stacks  # the same image type: echoes still join
+    assert four_d.n_volumes == 2
