@@ -21,7 +21,7 @@ from pipelines import export
 from pipelines.convert import run as convert
 from tests import synthetic
 from tests.conftest import RUNNER_ARGS, all_files
-from tests.export_corpus import SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
+from tests.export_corpus import ORIGIN, SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
 from tests.test_crosscheck import _all_voxels, _dcm2niix_binary, _nifti_indices, read_nifti
 
 ROUND_TRIP = ["axial", "oblique", "tilted", "irregular", "float", "pet", "mr", "rgb", "monochrome1", "dx",
@@ -307,8 +307,8 @@ FOUR_D_TIMES = 3
 
 def _mr4d_spec(name: str, **changes) -> synthetic.SeriesSpec:
     fields = dict(series_uid=synthetic.uid_from("export-4d", name), study_uid=synthetic.uid_from("export-study"),
-                  patient_id="EXPORT", modality="MR", positions=synthetic.axial_positions(5, 3.0), slope=1.0,
-                  intercept=0.0, iop=synthetic.AXIAL_IOP, pixel_spacing=(1.5, 1.25), rows=16, cols=12,
+                  patient_id="EXPORT", modality="MR", positions=synthetic.axial_positions(5, 3.0, origin=ORIGIN),
+                  slope=1.0, intercept=0.0, iop=synthetic.AXIAL_IOP, pixel_spacing=(4.0, 3.5), rows=24, cols=20,
                   slice_thickness=3.0)
     fields.update(changes)
     return synthetic.SeriesSpec(**fields)
@@ -343,6 +343,7 @@ def four_d(tmp_path_factory):
                                seed=5, names=[f"e{number}_{i}.dcm" for i in range(5)],
                                first_instance_number=1 + 5 * (number - 1))
     _write_time_series(root / "time", _mr4d_spec("time", series_description="PERFUSION"))
+    _write_time_series(root / "float", _mr4d_spec("float", slope=0.25))  # float32: rescaled per plane
     os.makedirs(root / "enhanced")  # echoes as frames of one Enhanced MR file: values from functional groups
     synthetic.write_enhanced_mr(root / "enhanced" / "multi.dcm", _mr4d_spec("enhanced"),
                                 [e for _, e in FOUR_D_ECHOES], seed=5)
@@ -351,10 +352,12 @@ def four_d(tmp_path_factory):
     export.run(["--output", out, "--to", to, "--format", "dicom", *RUNNER_ARGS])
     convert(["--input", to, "--output", back, *RUNNER_ARGS])
     keys = {}
-    for name in ("dwi", "echo", "time", "enhanced"):
+    for name in ("dwi", "echo", "time", "float", "enhanced"):
         uid = _uid_of_folder(root / name)
         [row] = [r for r in tables.read_table(out, "series").to_pylist() if r["series_instance_uid"] == uid]
         assert row["status"] == "converted" and row["n_volumes"] > 1, row
+        volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
+        assert all(len(np.unique(plane)) > 3 for plane in volume.reshape(-1, *volume.shape[2:])), name
         keys[name] = (row["series_key"], _reconverted(back, to, row["series_key"])["series_key"])
     return keys, out, to, back, root / "dwi"
 
@@ -363,7 +366,7 @@ def _uid_of_folder(folder) -> str:
     return str(pydicom.dcmread(sorted(glob.glob(os.path.join(str(folder), "*")))[0]).SeriesInstanceUID)
 
 
-@pytest.mark.parametrize("name", ["dwi", "echo", "time", "enhanced"])
+@pytest.mark.parametrize("name", ["dwi", "echo", "time", "float", "enhanced"])
 def test_4d_convert_export_convert_keeps_array_volume_order_affine_and_volume_values(four_d, name):
     keys, out, to, back, _ = four_d
     key, again = keys[name]
@@ -378,7 +381,7 @@ def test_4d_convert_export_convert_keeps_array_volume_order_affine_and_volume_va
         assert b.dicom["volumes"] == a.dicom["volumes"]  # every per-volume value, directions included
         assert b.dicom["split_by"] == a.dicom["split_by"] and b.dicom["geometry"] == a.dicom["geometry"]
     expected = {"dwi": ("b_value", [0, 1000]), "echo": ("echo", [1, 2]), "time": ("temporal_position", [1, 2, 3]),
-                "enhanced": ("echo_time", [12, 90])}
+                "float": ("temporal_position", [1, 2, 3]), "enhanced": ("echo_time", [12, 90])}
     field, values = expected[name]
     assert [v[field] for v in a.dicom["volumes"]] == values
     src = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, key), "rb").read())
@@ -428,3 +431,32 @@ def test_dcm2niix_reads_the_exported_dwi_as_it_reads_the_mosaics(four_d, tmp_pat
     np.testing.assert_allclose(affine2, affine, atol=1e-3)
     [volume] = [v for v in dicomflow_volumes(out) if v.key == keys["dwi"][0]]
     assert matches(data2, affine2, [float(b) for b in bval2], volume) is None
+
+
+def test_4d_float_array_is_rescaled_integers_and_seg_is_refused(four_d, tmp_path):
+    keys, out, to, _, _ = four_d
+    assert readers.open_volume(out, keys["float"][0]).array.dtype == np.float32
+    first = pydicom.dcmread(sorted(glob.glob(os.path.join(to, keys["float"][0], "*.dcm")))[-1])
+    assert first.BitsAllocated == 16 and "FloatPixelData" not in first
+    labels = str(tmp_path / "labels.zarr")
+    zarr.open_group(labels, mode="w", zarr_format=3).create_array("0", data=np.ones((5, 24, 20), dtype=np.uint8))
+    export.run(["--output", out, "--to", str(tmp_path / "seg"), "--format", "dicom", "--series", keys["time"][0],
+                "--labels", labels, *RUNNER_ARGS])
+    row = _exports(tmp_path / "seg")[keys["time"][0]]
+    assert row["status"] == "failed" and "4D" in row["reason"]
+
+
+def test_volume_values_are_written_in_the_tags_convert_reads_first():
+    ds = pydicom.Dataset()
+    export_dicom.volume_module(ds, {"b_value": 0, "diffusion_direction": None, "echo": 2, "echo_time": 90,
+                                    "temporal_position": 3, "trigger_time": 412.5, "acquisition_number": 7,
+                                    "acquisition_time": "101507.25"})
+    assert (ds.DiffusionBValue, ds.EchoNumbers, ds.EchoTime, ds.TemporalPositionIdentifier) == (0.0, 2, 90, 3)
+    assert (ds.TriggerTime, ds.AcquisitionNumber, ds.AcquisitionTime) == (412.5, 7, "101507.25")
+    assert "DiffusionGradientOrientation" not in ds
+    same = pydicom.Dataset()
+    export_dicom.volume_module(same, {"echo": 12.5, "echo_time": 12.5, "acquisition_time": "20240101101507"})
+    assert "EchoNumbers" not in same and same.EchoTime == 12.5  # the echo was the echo time: EchoTime alone
+    assert "AcquisitionTime" not in same and same.AcquisitionDateTime == "20240101101507"
+    with pytest.raises(export_dicom.ExportError, match="neither an echo number"):
+        export_dicom.volume_module(pydicom.Dataset(), {"echo": 12.5, "echo_time": None})
