@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -303,8 +304,11 @@ def exported_datasets(data: SeriesData, keep_uids: bool = False) -> Iterable[tup
     _check_rows(data, names)
     rescales = float_encoding(data.volume.array, names) if data.volume.array.dtype.kind == "f" else None
     uids = series_uids(data, keep_uids)
+    # a source UID several planes share (mosaic tiles, enhanced frames) cannot name each: those are derived
+    shared = {uid for uid, n in Counter(r.get("sop_instance_uid") for r in data.slices).items() if n > 1}
     for index, (t, z, plane) in enumerate(planes(data.volume.array, names)):
-        yield t, z, slice_dataset(data, t, z, plane, uids, keep_uids, rescales[index] if rescales else None)
+        keep = keep_uids and data.slices[index].get("sop_instance_uid") not in shared
+        yield t, z, slice_dataset(data, t, z, plane, uids, keep, rescales[index] if rescales else None)
 
 
 def export_dicom(data: SeriesData, to: str, keep_uids: bool = False) -> tuple[dict[str, Any], list[Dataset]]:

@@ -460,3 +460,20 @@ def test_volume_values_are_written_in_the_tags_convert_reads_first():
     assert "AcquisitionTime" not in same and same.AcquisitionDateTime == "20240101101507"
     with pytest.raises(export_dicom.ExportError, match="neither an echo number"):
         export_dicom.volume_module(pydicom.Dataset(), {"echo": 12.5, "echo_time": None})
+
+
+def test_4d_keep_uids_keeps_the_series_and_derives_what_planes_of_one_source_share(four_d, tmp_path):
+    keys, out, _, _, mosaics = four_d
+    export.run(["--output", out, "--to", str(tmp_path), "--format", "dicom", "--series", keys["dwi"][0],
+                "--series", keys["time"][0], "--keep_uids", *RUNNER_ARGS])
+    for name, folder in (("dwi", mosaics), ("time", None)):
+        files = sorted(glob.glob(os.path.join(str(tmp_path), keys[name][0], "*.dcm")))
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        assert len({ds.SOPInstanceUID for ds in headers}) == len(files)  # 48 tiles of one mosaic: 48 UIDs
+        slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, keys[name][0]), "rb").read())
+        if name == "time":  # one source per plane: its UID kept
+            assert [ds.SOPInstanceUID for ds in headers] == [s["sop_instance_uid"] for s in slices]
+        else:
+            assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in headers} == \
+                {s["sop_instance_uid"] for s in slices}
+            assert {ds.SeriesInstanceUID for ds in headers} == {_uid_of_folder(folder)}
