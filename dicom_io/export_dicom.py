@@ -1,4 +1,5 @@
-"""DICOM export (reverse recovery): one single-frame instance per slice, DIR/{key}/{z:05d}.dcm.
+"""DICOM export (reverse recovery): one single-frame instance per slice, DIR/{key}/{z:05d}.dcm
+(a 4D array: one series, DIR/{key}/{t:03d}_{z:05d}.dcm, InstanceNumber t x n_slices + z + 1).
 
 Headers come from what convert recorded (series JSON `tags`: patient, study, equipment, frame of
 reference; slices CSV: per-slice SOP UID and (0020,0032) ImagePositionPatient; affine_lps:
@@ -13,13 +14,18 @@ Pixels round-trip exactly through pipelines.convert:
   intercept as DS strings, found per slice), else (7FE0,0008) Float Pixel Data (32-bit, no rescale:
   exact, but a classic single-frame IOD does not define it, so dcm2niix and ITK do not read it);
 * colour uint8/uint16 -> RGB, PlanarConfiguration 0.
+
+Every instance carries its volume's values (the `volumes` of the record: dicom_io.attributes) in the
+tags convert reads first, so a 4D array comes back as the same volumes in the same order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Iterable
+import re
+from collections import Counter
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -36,6 +42,7 @@ UINT16_MAX = 65535
 COPIED_TAGS = ("PatientID", "PatientSex", "PatientAge", "StudyDate", "SeriesDate", "AccessionNumber", "Manufacturer",
                "ManufacturerModelName", "BodyPartExamined", "SeriesDescription", "SeriesNumber", "SliceThickness",
                "RescaleType", "WindowCenter", "WindowWidth", "ConvolutionKernel", "KVP")
+TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")  # (0008,0032) AcquisitionTime, VR TM
 
 
 def derived_uid(*parts: Any) -> str:
@@ -102,15 +109,28 @@ def rescaled_integers(plane: np.ndarray) -> tuple[str, str] | None:
     return None
 
 
-def float_encoding(array: Any) -> list[tuple[str, str]] | None:
-    """Per-slice (slope, intercept) for a float32 volume, or None when one slice needs Float Pixel Data."""
+def planes(array: Any, names: tuple[str, ...]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(t, z, plane) of every stored plane, volume after volume (t = 0 in 3D), one shard in memory at a time."""
+    if names[0] != "t":
+        for z0, slab in slabs(array):
+            for offset, plane in enumerate(slab):
+                yield 0, z0 + offset, plane
+        return
+    depth = (getattr(array, "shards", None) or array.chunks)[1]
+    for t in range(array.shape[0]):
+        for z0 in range(0, array.shape[1], depth):
+            for offset, plane in enumerate(np.asarray(array[t, z0:z0 + depth])):
+                yield t, z0 + offset, plane
+
+
+def float_encoding(array: Any, names: tuple[str, ...] = ("z", "y", "x")) -> list[tuple[str, str]] | None:
+    """Per-plane (slope, intercept) for a float32 volume, or None when one plane needs Float Pixel Data."""
     found: list[tuple[str, str]] = []
-    for _, slab in slabs(array):
-        for plane in slab:
-            pair = rescaled_integers(plane)
-            if pair is None:
-                return None
-            found.append(pair)
+    for _, _, plane in planes(array, names):
+        pair = rescaled_integers(plane)
+        if pair is None:
+            return None
+        found.append(pair)
     return found
 
 
@@ -173,13 +193,52 @@ def _geometry(ds: Dataset, data: SeriesData, z: int, row: dict[str, Any]) -> Non
         ds.PixelSpacing = [ds_value(v) for v in spacing]
 
 
-def slice_dataset(data: SeriesData, z: int, plane: np.ndarray, uids: dict[str, str], keep_uids: bool,
+def _echo_tags(ds: Dataset, echo: Any, echo_time: Any) -> None:
+    """(0018,0081) EchoTime, and (0018,0086) EchoNumbers where convert's echo (EchoNumbers, else EchoTime)
+    is not the echo time."""
+    if echo_time is not None:
+        ds.EchoTime = ds_text(echo_time)
+    if echo is None or echo == echo_time:
+        return
+    if not float(echo).is_integer():
+        raise ExportError(f"echo {echo} is neither an echo number nor the echo time {echo_time}")
+    ds.EchoNumbers = int(echo)
+
+
+def volume_module(ds: Dataset, volume: dict[str, Any]) -> None:
+    """One volume's values (the record's `volumes`, dicom_io.attributes) in the tags convert reads first:
+    (0018,9087) DiffusionBValue, (0018,9089) DiffusionGradientOrientation (LPS), echo, (0020,0100)
+    TemporalPositionIdentifier, (0018,1060) TriggerTime, (0020,0012) AcquisitionNumber, (0008,0032)
+    AcquisitionTime (a date-time from enhanced frames goes to (0008,002A) AcquisitionDateTime)."""
+    if volume.get("b_value") is not None:
+        ds.DiffusionBValue = float(volume["b_value"])
+    if volume.get("diffusion_direction") is not None:
+        ds.DiffusionGradientOrientation = [float(v) for v in volume["diffusion_direction"]]
+    _echo_tags(ds, volume.get("echo"), volume.get("echo_time"))
+    if volume.get("temporal_position") is not None:
+        ds.TemporalPositionIdentifier = int(volume["temporal_position"])
+    if volume.get("trigger_time") is not None:
+        ds.TriggerTime = ds_text(volume["trigger_time"])
+    if volume.get("acquisition_number") is not None:
+        ds.AcquisitionNumber = int(volume["acquisition_number"])
+    acquired = volume.get("acquisition_time")
+    if acquired:
+        if TM.fullmatch(str(acquired)):
+            ds.AcquisitionTime = str(acquired)
+        else:
+            ds.AcquisitionDateTime = str(acquired)
+
+
+def slice_dataset(data: SeriesData, t: int, z: int, plane: np.ndarray, uids: dict[str, str], keep_uids: bool,
                   rescale: tuple[str, str] | None) -> Dataset:
-    """One exported instance: patient/study/series/equipment from the record, geometry, pixels."""
-    d, tags, row = data.volume.dicom, data.volume.dicom.get("tags") or {}, data.slices[z]
+    """One exported instance (plane z of volume t): patient/study/series/equipment from the record, the
+    volume's values, geometry, pixels."""
+    d, tags = data.volume.dicom, data.volume.dicom.get("tags") or {}
+    index = t * n_slices(data) + z  # the plane's row in the slices CSV; 3D: z
+    row = data.slices[index]
     sop_class = SOP_CLASSES.get(d.get("modality") or "", SecondaryCaptureImageStorage)
     source_sop = row.get("sop_instance_uid") or ""
-    sop = source_sop if keep_uids and source_sop else derived_uid("sop", source_sop, data.key, z)
+    sop = source_sop if keep_uids and source_sop else derived_uid("sop", source_sop, data.key, index)
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
     ds.update({k: v for k, v in uids.items()})
@@ -193,12 +252,15 @@ def slice_dataset(data: SeriesData, z: int, plane: np.ndarray, uids: dict[str, s
     ds.setdefault("PatientSex", "")
     ds.setdefault("AccessionNumber", "")
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.InstanceNumber = z + 1
+    ds.InstanceNumber = index + 1  # volumes are in acquisition order: convert orders them back by it
     ds.DerivationDescription = f"dicomflow export of {data.key}"
     if not keep_uids and source_sop:
         ref = Dataset()
         ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = sop_class, source_sop
         ds.SourceImageSequence = [ref]
+    volumes = d.get("volumes") or []
+    if t < len(volumes):
+        volume_module(ds, volumes[t])
     _geometry(ds, data, z, row)
     _pixel_module(ds, plane, d, rescale)
     ds.file_meta = FileMetaDataset()
@@ -214,28 +276,49 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def exported_datasets(data: SeriesData, keep_uids: bool = False) -> Iterable[tuple[int, Dataset]]:
-    """(z, dataset) of every slice, in z order, one stored shard of the volume in memory at a time."""
-    shape, names = data.volume.shape, axis_names(data.volume)
-    if names not in (("z", "y", "x"), ("z", "y", "x", "c")):
-        raise ExportError(f"volume axes {names} {list(shape)}: DICOM export writes 3D series only")
-    if len(data.slices) != shape[0]:
-        raise ExportError(f"slices CSV has {len(data.slices)} rows, the volume {shape[0]} slices")
-    rescales = float_encoding(data.volume.array) if data.volume.array.dtype.kind == "f" else None
+def n_slices(data: SeriesData) -> int:
+    """Slices per volume: the z extent."""
+    names = axis_names(data.volume)
+    return data.volume.shape[names.index("z")]
+
+
+def _check_rows(data: SeriesData, names: tuple[str, ...]) -> None:
+    """The slices CSV has one row per stored plane, volume after volume, as convert writes it."""
+    shape = data.volume.shape
+    if names not in (("z", "y", "x"), ("z", "y", "x", "c"), ("t", "z", "y", "x")):
+        raise ExportError(f"volume axes {names} {list(shape)}: DICOM export writes (z, y, x[, c]) or (t, z, y, x)")
+    n_t = shape[0] if names[0] == "t" else 1
+    if len(data.slices) != n_t * n_slices(data):
+        raise ExportError(f"slices CSV has {len(data.slices)} rows, the volume {n_t * n_slices(data)} planes")
+    if n_t > 1 and [(r["t_index"], r["z_index"]) for r in data.slices] != \
+            [(t, z) for t in range(n_t) for z in range(n_slices(data))]:
+        raise ExportError("slices CSV rows are not (t_index, z_index) in volume order")
+    volumes = data.volume.dicom.get("volumes") or []
+    if n_t > 1 and len(volumes) != n_t:
+        raise ExportError(f"the record has {len(volumes)} volumes' values, the array {n_t} volumes")
+
+
+def exported_datasets(data: SeriesData, keep_uids: bool = False) -> Iterable[tuple[int, int, Dataset]]:
+    """(t, z, dataset) of every plane, volume after volume, one stored shard of the array in memory at a time."""
+    names = axis_names(data.volume)
+    _check_rows(data, names)
+    rescales = float_encoding(data.volume.array, names) if data.volume.array.dtype.kind == "f" else None
     uids = series_uids(data, keep_uids)
-    for z0, slab in slabs(data.volume.array):
-        for offset, plane in enumerate(slab):
-            z = z0 + offset
-            yield z, slice_dataset(data, z, plane, uids, keep_uids, rescales[z] if rescales else None)
+    # a source UID several planes share (mosaic tiles, enhanced frames) cannot name each: those are derived
+    shared = {uid for uid, n in Counter(r.get("sop_instance_uid") for r in data.slices).items() if n > 1}
+    for index, (t, z, plane) in enumerate(planes(data.volume.array, names)):
+        keep = keep_uids and data.slices[index].get("sop_instance_uid") not in shared
+        yield t, z, slice_dataset(data, t, z, plane, uids, keep, rescales[index] if rescales else None)
 
 
 def export_dicom(data: SeriesData, to: str, keep_uids: bool = False) -> tuple[dict[str, Any], list[Dataset]]:
-    """Write DIR/{key}/{z:05d}.dcm (replacing an earlier export); the exports row and the headers written
-    (without pixels, for a SEG that references them)."""
+    """Write DIR/{key}/{z:05d}.dcm, or {t:03d}_{z:05d}.dcm for a 4D array (replacing an earlier export); the
+    exports row and the headers written (without pixels, for a SEG that references them)."""
     storage.remove_tree(schemas.dicom_series_dir(to, data.key))
+    four_d = axis_names(data.volume)[0] == "t"
     outputs, headers = [], []
-    for z, ds in exported_datasets(data, keep_uids):
-        uri = schemas.dicom_slice_uri(to, data.key, z)
+    for t, z, ds in exported_datasets(data, keep_uids):
+        uri = schemas.dicom_plane_uri(to, data.key, t, z) if four_d else schemas.dicom_slice_uri(to, data.key, z)
         storage.write_bytes(uri, encode(ds))
         outputs.append(uri)
         for keyword in ("PixelData", "FloatPixelData"):

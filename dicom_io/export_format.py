@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicom_io.exports import ExportError, ExportSettings, SeriesData
+from dicom_io.exports import ExportError, ExportSettings, SeriesData, axis_names
 
 
 def export_series(data: SeriesData, settings: ExportSettings) -> dict[str, Any]:
@@ -17,6 +17,8 @@ def export_series(data: SeriesData, settings: ExportSettings) -> dict[str, Any]:
         if settings.fmt == "dicom":
             from dicom_io.export_dicom import export_dicom
 
+            if settings.labels and axis_names(data.volume)[0] == "t":
+                raise ExportError("DICOM SEG takes labels on a (z, y, x) grid: this is a 4D (t, z, y, x) array")
             row, headers = export_dicom(data, settings.to, settings.keep_uids)
             if settings.labels:
                 from dicom_io.export_seg import export_seg

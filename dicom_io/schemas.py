@@ -417,6 +417,11 @@ def dicom_slice_uri(to: str, key: str, index: int) -> str:
     return storage.join(to, key, f"{index:05d}.dcm")
 
 
+def dicom_plane_uri(to: str, key: str, t: int, z: int) -> str:
+    """Plane z of volume t of a 4D array's export."""
+    return storage.join(to, key, f"{t:03d}_{z:05d}.dcm")
+
+
 def dicom_seg_uri(to: str, key: str) -> str:
     return storage.join(to, key, "seg.dcm")
 

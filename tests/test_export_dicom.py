@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
+import subprocess
 
 import highdicom as hd
 import numpy as np
@@ -19,8 +21,8 @@ from pipelines import export
 from pipelines.convert import run as convert
 from tests import synthetic
 from tests.conftest import RUNNER_ARGS, all_files
-from tests.export_corpus import SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
-from tests.test_crosscheck import _all_voxels, _nifti_indices, read_nifti
+from tests.export_corpus import ORIGIN, SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
+from tests.test_crosscheck import _all_voxels, _dcm2niix_binary, _nifti_indices, read_nifti
 
 ROUND_TRIP = ["axial", "oblique", "tilted", "irregular", "float", "pet", "mr", "rgb", "monochrome1", "dx",
               "CT_small.dcm", "MR_small.dcm", "693_UNCI.dcm", "MR2_UNCI.dcm"]
@@ -295,3 +297,183 @@ def test_export_from_and_to_gs(gcs, export_src, tmp_path):
         assert a.array[:].tobytes() == b.array[:].tobytes()
     assert gcs.names("export-nifti/") == sorted([f"export-nifti/{key}.nii.gz", "export-nifti/exports-00000-of-00001.parquet"])
     assert "export-hdf5/series-00000-of-00001.h5" in gcs.names("export-hdf5/")
+
+
+# ---- 4D arrays: one series, every plane with its volume's values -------------------------------------
+
+FOUR_D_ECHOES = ((1, 12.0), (2, 90.0))
+FOUR_D_TIMES = 3
+
+
+def _mr4d_spec(name: str, **changes) -> synthetic.SeriesSpec:
+    fields = dict(series_uid=synthetic.uid_from("export-4d", name), study_uid=synthetic.uid_from("export-study"),
+                  patient_id="EXPORT", modality="MR", positions=synthetic.axial_positions(5, 3.0, origin=ORIGIN),
+                  slope=1.0, intercept=0.0, iop=synthetic.AXIAL_IOP, pixel_spacing=(4.0, 3.5), rows=24, cols=20,
+                  slice_thickness=3.0)
+    fields.update(changes)
+    return synthetic.SeriesSpec(**fields)
+
+
+def _write_time_series(folder, spec: synthetic.SeriesSpec) -> None:
+    """FOUR_D_TIMES volumes on one grid told apart by (0020,0100) TemporalPositionIdentifier only."""
+    n = len(spec.positions)
+    for t in range(FOUR_D_TIMES):
+        for i in range(n):
+            path = os.path.join(str(folder), f"t{t}_{i}.dcm")
+            synthetic.write_instance(path, spec, i, seed=5, instance_number=t * n + i + 1,
+                                     sop_uid=synthetic.uid_from("export-4d-sop", t, i),
+                                     pixels=(synthetic.slice_pixels(spec, i, 5) + 40 * t).astype(np.uint16))
+            ds = pydicom.dcmread(path)
+            ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = t + 1, FOUR_D_TIMES
+            ds.AcquisitionTime = f"{101500 + 7 * t:06d}"
+            ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def four_d(tmp_path_factory):
+    """nibabel's Siemens DWI mosaics (patterned), a dual-echo and a time series: converted, exported as DICOM,
+    converted again. {name: (source key, re-converted key)}, OUT, DIR, BACK, the plain mosaics' folder."""
+    from tests.test_mosaic import write_patterned
+
+    root = tmp_path_factory.mktemp("src4d")
+    mosaics = write_patterned(tmp_path_factory.mktemp("mosaics"))
+    shutil.copytree(os.path.dirname(mosaics[0][1]), root / "dwi")
+    for number, echo_time in FOUR_D_ECHOES:
+        synthetic.write_series(root / "echo", _mr4d_spec("echo", echo_number=number, echo_time=echo_time),
+                               seed=5, names=[f"e{number}_{i}.dcm" for i in range(5)],
+                               first_instance_number=1 + 5 * (number - 1))
+    _write_time_series(root / "time", _mr4d_spec("time", series_description="PERFUSION"))
+    _write_time_series(root / "float", _mr4d_spec("float", slope=0.25))  # float32: rescaled per plane
+    os.makedirs(root / "enhanced")  # echoes as frames of one Enhanced MR file: values from functional groups
+    synthetic.write_enhanced_mr(root / "enhanced" / "multi.dcm", _mr4d_spec("enhanced"),
+                                [e for _, e in FOUR_D_ECHOES], seed=5)
+    out, to, back = (str(tmp_path_factory.mktemp(n)) for n in ("out4d", "to4d", "back4d"))
+    convert(["--input", str(root), "--output", out, *RUNNER_ARGS])
+    export.run(["--output", out, "--to", to, "--format", "dicom", *RUNNER_ARGS])
+    convert(["--input", to, "--output", back, *RUNNER_ARGS])
+    keys = {}
+    for name in ("dwi", "echo", "time", "float", "enhanced"):
+        uid = _uid_of_folder(root / name)
+        [row] = [r for r in tables.read_table(out, "series").to_pylist() if r["series_instance_uid"] == uid]
+        assert row["status"] == "converted" and row["n_volumes"] > 1, row
+        volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
+        assert all(len(np.unique(plane)) > 3 for plane in volume.reshape(-1, *volume.shape[2:])), name
+        keys[name] = (row["series_key"], _reconverted(back, to, row["series_key"])["series_key"])
+    return keys, out, to, back, root / "dwi"
+
+
+def _uid_of_folder(folder) -> str:
+    return str(pydicom.dcmread(sorted(glob.glob(os.path.join(str(folder), "*")))[0]).SeriesInstanceUID)
+
+
+@pytest.mark.parametrize("name", ["dwi", "echo", "time", "float", "enhanced"])
+def test_4d_convert_export_convert_keeps_array_volume_order_affine_and_volume_values(four_d, name):
+    keys, out, to, back, _ = four_d
+    key, again = keys[name]
+    assert _exports(to)[key]["status"] == "exported"
+    with readers.open_volume(out, key) as a, readers.open_volume(back, again) as b:
+        assert a.array.metadata.dimension_names == b.array.metadata.dimension_names == ("t", "z", "y", "x")
+        assert a.shape == b.shape and a.array.dtype == b.array.dtype
+        assert a.array[:].tobytes() == b.array[:].tobytes()  # same volumes in the same order
+        np.testing.assert_allclose(b.affine_lps, a.affine_lps, rtol=0, atol=1e-6)
+        assert [v["b_value"] for v in b.dicom["volumes"]] == [v["b_value"] for v in a.dicom["volumes"]]
+        assert [v["echo_time"] for v in b.dicom["volumes"]] == [v["echo_time"] for v in a.dicom["volumes"]]
+        assert b.dicom["volumes"] == a.dicom["volumes"]  # every per-volume value, directions included
+        assert b.dicom["split_by"] == a.dicom["split_by"] and b.dicom["geometry"] == a.dicom["geometry"]
+    expected = {"dwi": ("b_value", [0, 1000]), "echo": ("echo", [1, 2]), "time": ("temporal_position", [1, 2, 3]),
+                "float": ("temporal_position", [1, 2, 3]), "enhanced": ("echo_time", [12, 90])}
+    field, values = expected[name]
+    assert [v[field] for v in a.dicom["volumes"]] == values
+    src = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, key), "rb").read())
+    new = schemas.parse_slices_csv(open(schemas.slices_csv_uri(back, again), "rb").read())
+    assert [(s["t_index"], s["z_index"], s["pixel_md5"]) for s in new] == \
+        [(s["t_index"], s["z_index"], s["pixel_md5"]) for s in src]
+
+
+def test_4d_export_is_one_series_named_by_volume_and_slice_in_acquisition_order(four_d):
+    keys, out, to, _, _ = four_d
+    key = keys["time"][0]
+    files = sorted(glob.glob(os.path.join(to, key, "*.dcm")))
+    assert [os.path.basename(f) for f in files] == [f"{t:03d}_{z:05d}.dcm" for t in range(FOUR_D_TIMES)
+                                                   for z in range(5)]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert len({ds.SeriesInstanceUID for ds in headers}) == 1
+    assert len({ds.SOPInstanceUID for ds in headers}) == len(files)
+    assert [int(ds.InstanceNumber) for ds in headers] == list(range(1, len(files) + 1))
+    assert [int(ds.TemporalPositionIdentifier) for ds in headers] == [t + 1 for t in range(FOUR_D_TIMES)
+                                                                      for _ in range(5)]
+    dwi = sorted(glob.glob(os.path.join(to, keys["dwi"][0], "*.dcm")))
+    last = pydicom.dcmread(dwi[-1], stop_before_pixels=True)
+    assert len(dwi) == 2 * 48 and float(last.DiffusionBValue) == 1000.0
+    assert np.allclose([float(v) for v in last.DiffusionGradientOrientation], [0.99997449, 0.00505012, -0.00505012])
+
+
+def test_dcm2niix_reads_the_exported_dwi_as_it_reads_the_mosaics(four_d, tmp_path):
+    """Same 4D voxels, .bval and .bvec; the affine within 1e-3 mm (dcm2niix places mosaic tiles itself, in
+    float32: 2.5e-4 mm from dicomflow's positions, which the exported slices carry; `matches` has it)."""
+    import nibabel
+
+    from benchmarks.crosscheck_dcm2niix import dicomflow_volumes, matches
+
+    keys, out, to, _, mosaics = four_d
+    read = {}
+    for name, folder in (("mosaic", str(mosaics)), ("export", os.path.join(to, keys["dwi"][0]))):
+        (tmp_path / name).mkdir()
+        subprocess.run([_dcm2niix_binary(), "-z", "n", "-f", "dwi", "-o", str(tmp_path / name), folder],
+                       check=True, capture_output=True)
+        image = nibabel.load(str(tmp_path / name / "dwi.nii"))
+        read[name] = (np.asarray(image.dataobj), image.affine, open(tmp_path / name / "dwi.bval").read().split(),
+                      np.loadtxt(str(tmp_path / name / "dwi.bvec")))
+    (data, affine, bval, bvec), (data2, affine2, bval2, bvec2) = read["mosaic"], read["export"]
+    assert data2.shape == data.shape == (128, 128, 48, 2) and np.array_equal(data2, data)
+    assert bval2 == bval == ["0", "1000"]
+    np.testing.assert_allclose(bvec2, bvec, atol=1e-6)
+    np.testing.assert_allclose(affine2, affine, atol=1e-3)
+    [volume] = [v for v in dicomflow_volumes(out) if v.key == keys["dwi"][0]]
+    assert matches(data2, affine2, [float(b) for b in bval2], volume) is None
+
+
+def test_4d_float_array_is_rescaled_integers_and_seg_is_refused(four_d, tmp_path):
+    keys, out, to, _, _ = four_d
+    assert readers.open_volume(out, keys["float"][0]).array.dtype == np.float32
+    first = pydicom.dcmread(sorted(glob.glob(os.path.join(to, keys["float"][0], "*.dcm")))[-1])
+    assert first.BitsAllocated == 16 and "FloatPixelData" not in first
+    labels = str(tmp_path / "labels.zarr")
+    zarr.open_group(labels, mode="w", zarr_format=3).create_array("0", data=np.ones((5, 24, 20), dtype=np.uint8))
+    export.run(["--output", out, "--to", str(tmp_path / "seg"), "--format", "dicom", "--series", keys["time"][0],
+                "--labels", labels, *RUNNER_ARGS])
+    row = _exports(tmp_path / "seg")[keys["time"][0]]
+    assert row["status"] == "failed" and "4D" in row["reason"]
+
+
+def test_volume_values_are_written_in_the_tags_convert_reads_first():
+    ds = pydicom.Dataset()
+    export_dicom.volume_module(ds, {"b_value": 0, "diffusion_direction": None, "echo": 2, "echo_time": 90,
+                                    "temporal_position": 3, "trigger_time": 412.5, "acquisition_number": 7,
+                                    "acquisition_time": "101507.25"})
+    assert (ds.DiffusionBValue, ds.EchoNumbers, ds.EchoTime, ds.TemporalPositionIdentifier) == (0.0, 2, 90, 3)
+    assert (ds.TriggerTime, ds.AcquisitionNumber, ds.AcquisitionTime) == (412.5, 7, "101507.25")
+    assert "DiffusionGradientOrientation" not in ds
+    same = pydicom.Dataset()
+    export_dicom.volume_module(same, {"echo": 12.5, "echo_time": 12.5, "acquisition_time": "20240101101507"})
+    assert "EchoNumbers" not in same and same.EchoTime == 12.5  # the echo was the echo time: EchoTime alone
+    assert "AcquisitionTime" not in same and same.AcquisitionDateTime == "20240101101507"
+    with pytest.raises(export_dicom.ExportError, match="neither an echo number"):
+        export_dicom.volume_module(pydicom.Dataset(), {"echo": 12.5, "echo_time": None})
+
+
+def test_4d_keep_uids_keeps_the_series_and_derives_what_planes_of_one_source_share(four_d, tmp_path):
+    keys, out, _, _, mosaics = four_d
+    export.run(["--output", out, "--to", str(tmp_path), "--format", "dicom", "--series", keys["dwi"][0],
+                "--series", keys["time"][0], "--keep_uids", *RUNNER_ARGS])
+    for name, folder in (("dwi", mosaics), ("time", None)):
+        files = sorted(glob.glob(os.path.join(str(tmp_path), keys[name][0], "*.dcm")))
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        assert len({ds.SOPInstanceUID for ds in headers}) == len(files)  # 48 tiles of one mosaic: 48 UIDs
+        slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, keys[name][0]), "rb").read())
+        if name == "time":  # one source per plane: its UID kept
+            assert [ds.SOPInstanceUID for ds in headers] == [s["sop_instance_uid"] for s in slices]
+        else:
+            assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in headers} == \
+                {s["sop_instance_uid"] for s in slices}
+            assert {ds.SeriesInstanceUID for ds in headers} == {_uid_of_folder(folder)}

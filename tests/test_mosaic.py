@@ -66,7 +66,11 @@ def _pattern(b_value: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def patterned(tmp_path_factory):
     """The two mosaics with patterned pixels: {b: (gz path, plain path)}."""
-    root = tmp_path_factory.mktemp("mosaic")
+    return write_patterned(tmp_path_factory.mktemp("mosaic"))
+
+
+def write_patterned(root):
+    """The two mosaics with patterned pixels under root/gz and root/plain: {b: (gz path, plain path)}."""
     (root / "gz").mkdir()
     (root / "plain").mkdir()
     out = {}
