@@ -30,6 +30,8 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) -m benchmarks.convert_bench --workdir bench-data
+	$(PY) -m benchmarks.stage_budget --corpus bench-data/corpus
+	$(PY) -m benchmarks.manifest_bench --workdir bench-data/manifest
 
 # make bench-scale [SIZES=10000,40000,160000] [WORKERS=2]: tiny files, many series, manifest + convert
 SIZES   ?= 10000,40000,160000
