@@ -24,8 +24,9 @@ RUNNER_HINT = """\
 runner (Beam) options, most used:
   --runner R                  default: dicomflow's local runner (Beam's FnApiRunner, chosen explicitly);
                               DataflowRunner for Dataflow; PrismRunner to opt into Beam's Prism runner
-  --direct_num_workers N      local worker processes (default: every core; 1 runs in this process)
-  --direct_running_mode M     in_memory | multi_processing | multi_threading (default: chosen from N)
+  --direct_num_workers N      Beam worker processes (default 1: one in-process worker, whose pool of
+                              forked processes uses every core, see --processes)
+  --direct_running_mode M     in_memory (default) | multi_processing | multi_threading
   --project, --region, --temp_location, --setup_file, --sdk_container_image   Dataflow
 every Beam option: {prog} --help_beam"""
 

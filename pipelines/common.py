@@ -167,7 +167,7 @@ def run_job(argv: list[str] | None, options_class: type[O], validate: Callable[[
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     job = job_name(options_class)
-    options = _parse(job, argv, [(job, options_class), ("input and output", JobOptions), *extra])
+    options = _parse(job, argv, [(job, options_class), ("shared by every job", JobOptions), *extra])
     runner = localrun.runner_for(options, argv)
     opts = options.view_as(options_class)
     validate(opts)
