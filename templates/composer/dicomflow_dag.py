@@ -62,8 +62,9 @@ def _params(crawl_first: bool) -> dict[str, Param]:
         "overwrite": Param(False, type="boolean", description="Rewrite series already committed"),
         "max_pixel_bytes": Param(4294967296, type="integer", minimum=1,
                                  description="Refuse instances decoding to more bytes than this"),
-        "table_shards": Param(16, type="integer", minimum=1,
-                              description="Files per summary table, about one per 500,000 input files"),
+        "rows_per_shard": Param(500000, type="integer", minimum=1,
+                                description="Most rows per table file; the shard count of each table follows "
+                                            "from its rows (no hot key at the end of the job)"),
         "template_path": _text_param("gs:// path of the convert template spec; empty: Variable "
                                      "dicomflow_template_path"),
         "project": _text_param("GCP project; empty: Variable dicomflow_project, else the connection's"),
@@ -154,7 +155,7 @@ def make_dag(dag_id: str, *, crawl_first: bool, schedule: str | None = "@daily")
                 "input": setting("input"),
                 "output": manifest_out,
                 "manifest_column": manifest_column,  # only used if the crawl's own input is a manifest
-                "table_shards": "{{ params.table_shards }}",
+                "rows_per_shard": "{{ params.rows_per_shard }}",
             })
             # pipelines.manifest writes OUT/instances-*.parquet, file URIs in column `uri`.
             convert_input = f"{manifest_out}/instances-*.parquet"
@@ -165,7 +166,7 @@ def make_dag(dag_id: str, *, crawl_first: bool, schedule: str | None = "@daily")
             "manifest_column": manifest_column,
             "overwrite": "{{ params.overwrite | string | lower }}",
             "max_pixel_bytes": "{{ params.max_pixel_bytes }}",
-            "table_shards": "{{ params.table_shards }}",
+            "rows_per_shard": "{{ params.rows_per_shard }}",
         })
         check = check_summary(output=output, max_failed_share="{{ params.max_failed_share }}")
         if crawl is not None:

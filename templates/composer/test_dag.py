@@ -118,7 +118,7 @@ def test_convert_body_from_variables(dagbag):
         "manifest_column": "uri",
         "overwrite": "false",
         "max_pixel_bytes": "4294967296",
-        "table_shards": "16",
+        "rows_per_shard": "500000",
         "number_of_worker_harness_threads": "8",
     }
     env = launch["environment"]
