@@ -3,8 +3,8 @@
 NIfTI voxel (i, j, k) is dicomflow's (column, row, slice), so `affine_ras` (affine_lps with its
 first two rows negated) is the sform as is; the array only needs its axes reversed. qform gets the
 same matrix unless the affine is sheared (gantry tilt), which a qform cannot hold (code 0 then).
-4D volumes (t, z, y, x) become 4D NIfTI, with FSL `.bval`/`.bvec` when the attributes hold
-per-volume `b_values` (and `b_vectors`, unit gradient directions in patient LPS).
+4D volumes (t, z, y, x) become 4D NIfTI, with FSL `.bval`/`.bvec` when every entry of the record's
+`volumes` has a `b_value` (directions: `diffusion_direction_image`, else `diffusion_direction`).
 """
 
 from __future__ import annotations
@@ -56,19 +56,41 @@ def nifti_image(data: SeriesData) -> nib.Nifti1Image:
     return image
 
 
-def fsl_gradients(dicom: dict[str, Any], affine_lps: np.ndarray) -> tuple[str, str] | None:
-    """(.bval, .bvec) texts when the attributes give per-volume b-values; FSL bvecs are along the voxel
-    axes, with x negated when the voxel-to-RAS determinant is positive (FSL's radiological convention)."""
-    bvals = dicom.get("b_values")
-    if not bvals:
+def _image_direction(volume: dict[str, Any], affine_lps: np.ndarray) -> np.ndarray:
+    """The volume's gradient along (column, row, slice): `diffusion_direction_image`, else the LPS
+    `diffusion_direction` projected as dcm2niix does (row cosine, column cosine, slice normal turned
+    along the stack's step); zeros for b = 0 or no direction (dcm2niix writes 0 0 0 then too)."""
+    if not volume.get("b_value"):
+        return np.zeros(3)
+    if volume.get("diffusion_direction_image") is not None:
+        return np.asarray(volume["diffusion_direction_image"], dtype=np.float64)
+    if volume.get("diffusion_direction") is None:
+        return np.zeros(3)
+    row, column = (affine_lps[:3, j] / np.linalg.norm(affine_lps[:3, j]) for j in (0, 1))
+    normal = np.cross(row, column)
+    if normal @ affine_lps[:3, 2] < 0:
+        normal = -normal
+    return np.array([row, column, normal]) @ np.asarray(volume["diffusion_direction"], dtype=np.float64)
+
+
+def fsl_gradients(dicom: dict[str, Any], affine_lps: np.ndarray, n_volumes: int) -> tuple[str, str] | None:
+    """(.bval, .bvec) texts from the record's `volumes` when every volume has a b-value, else None.
+
+    FSL's convention: the gradient along this file's voxel axes (i, j, k) = (column, row, slice), i
+    negated when the voxel-to-RAS determinant is positive. dcm2niix flips the row axis in its NIfTI
+    (j = -row, determinant then negative), so its `.bvec` is (x, -y, z) of the same directions: the
+    same gradients, expressed in its own voxel axes (tests/test_mosaic.py checks both files agree).
+    """
+    volumes = dicom.get("volumes") or []
+    if not volumes or any(v.get("b_value") is None for v in volumes):
         return None
-    vectors = np.asarray(dicom.get("b_vectors") or [[0.0, 0.0, 0.0]] * len(bvals), dtype=np.float64)
-    axes = affine_lps[:3, :3] / np.linalg.norm(affine_lps[:3, :3], axis=0)
-    voxel = np.linalg.solve(axes, vectors.T)  # (3, t): LPS directions along (column, row, slice)
+    if len(volumes) != n_volumes:
+        raise ExportError(f"the record has {len(volumes)} volumes' values, the array {n_volumes} volumes")
+    voxel = np.array([_image_direction(v, affine_lps) for v in volumes]).T  # (3, t)
     if np.linalg.det(np.diag([-1.0, -1.0, 1.0]) @ affine_lps[:3, :3]) > 0:
         voxel[0] = -voxel[0]
-    voxel[np.abs(voxel) < 1e-12] = 0.0
-    bval = " ".join(f"{float(b):g}" for b in bvals) + "\n"
+    voxel[np.abs(voxel) < 5e-7] = 0.0  # no "-0.000000"
+    bval = " ".join(f"{float(v['b_value']):g}" for v in volumes) + "\n"
     bvec = "".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in voxel)
     return bval, bvec
 
@@ -82,8 +104,9 @@ def export_nifti(data: SeriesData, to: str) -> dict[str, Any]:
         nib.save(image, local)  # nibabel's gzip stream has mtime 0: same bytes on every run
         storage.put_file(local, uri)
     outputs = [uri]
-    gradients = fsl_gradients(data.volume.dicom, data.volume.affine_lps) if len(data.volume.shape) == 4 else None
-    if gradients is not None and axis_names(data.volume)[0] == "t":
+    four_d = len(data.volume.shape) == 4 and axis_names(data.volume)[0] == "t"
+    gradients = fsl_gradients(data.volume.dicom, data.volume.affine_lps, data.volume.shape[0]) if four_d else None
+    if gradients is not None:
         stem = uri.removesuffix(".nii.gz")
         for ext, text in zip((".bval", ".bvec"), gradients):
             storage.write_bytes(stem + ext, text.encode())

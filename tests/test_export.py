@@ -131,8 +131,12 @@ def test_4d_volume_becomes_4d_nifti_with_bval_bvec(tmp_path):
     volume = np.arange(3 * 4 * 5 * 6, dtype=np.int16).reshape(3, 4, 5, 6)
     affine = [[0.0, 0.0, 2.0, -5.0], [1.5, 0.0, 0.0, 3.0], [0.0, -1.5, 0.0, 7.0], [0.0, 0.0, 0.0, 1.0]]  # sagittal
     vectors = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]
-    _hand_built_4d(out, key, volume, {"series_key": key, "affine_lps": affine, "b_values": [0, 1000, 1000],
-                                      "b_vectors": vectors, "shape": list(volume.shape), "dtype": "int16"})
+    # convert's contract: `volumes`, one object per volume; here only the LPS direction (no
+    # diffusion_direction_image), so export projects it itself (the real mosaics: tests/test_mosaic.py)
+    volumes = [{"b_value": 0, "diffusion_direction": None}, {"b_value": 1000, "diffusion_direction": vectors[1]},
+               {"b_value": 1000, "diffusion_direction": vectors[2]}]
+    _hand_built_4d(out, key, volume, {"series_key": key, "affine_lps": affine, "n_volumes": 3, "volumes": volumes,
+                                      "shape": list(volume.shape), "dtype": "int16"})
     to = str(tmp_path / "to")
     export.run(["--output", out, "--to", to, "--format", "nifti", *RUNNER_ARGS])
     assert _exports(to)[key]["status"] == "exported"
@@ -151,6 +155,19 @@ def test_4d_volume_becomes_4d_nifti_with_bval_bvec(tmp_path):
     expected[0] *= -1 if np.linalg.det(np.diag([-1.0, -1.0, 1.0]) @ np.array(affine)[:3, :3]) > 0 else 1
     np.testing.assert_allclose(bvec, expected, atol=1e-6)
     np.testing.assert_allclose(bvec[:, 1], [0.0, 0.0, 1.0], atol=1e-6)  # L gradient lies along the slice axis
+
+
+def test_bval_bvec_only_when_every_volume_has_a_b_value_and_the_record_counts_the_array():
+    eye = np.eye(4)
+    assert export_nifti.fsl_gradients({}, eye, 2) is None  # no `volumes`: not DWI
+    assert export_nifti.fsl_gradients({"volumes": [{"b_value": 0}, {"b_value": None}]}, eye, 2) is None
+    bval, bvec = export_nifti.fsl_gradients({"volumes": [{"b_value": 0, "diffusion_direction_image": [1.0, 0, 0]},
+                                                         {"b_value": 700, "diffusion_direction_image": [0.6, 0.8, 0]}]},
+                                            eye, 2)
+    # b = 0: zeros whatever the direction (as dcm2niix); identity LPS affine: det(vox->RAS) > 0, i negated
+    assert bval == "0 700\n" and bvec == "0.000000 -0.600000\n0.000000 0.800000\n0.000000 0.000000\n"
+    with pytest.raises(export_nifti.ExportError, match="1 volumes' values, the array 2 volumes"):
+        export_nifti.fsl_gradients({"volumes": [{"b_value": 0}]}, eye, 2)
 
 
 def test_4d_volume_in_hdf5_keeps_its_axes_and_dicom_refuses_an_inconsistent_record(tmp_path):

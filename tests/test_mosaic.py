@@ -236,3 +236,44 @@ def test_previews_of_a_4d_array_name_every_plane_and_the_first_volume_middle(pat
     marked = [(r["t_index"], r["z_index"]) for r in slices if r["preview_uri"]]
     assert marked == [("0", str(N_IMAGES // 2))]
     assert os.path.exists(os.path.join(middle, "previews", f"{row['series_key']}_montage.jpg"))
+
+
+def _bvec_world(bvec: np.ndarray, affine_ras: np.ndarray) -> np.ndarray:
+    """FSL .bvec columns (voxel axes, i negated when det > 0) as RAS unit directions."""
+    axes = affine_ras[:3, :3] / np.linalg.norm(affine_ras[:3, :3], axis=0)
+    voxel = bvec * ([[-1.0], [1.0], [1.0]] if np.linalg.det(affine_ras[:3, :3]) > 0 else 1.0)
+    return axes @ voxel
+
+
+def test_nifti_export_of_the_dwi_writes_dcm2niix_voxels_affine_bval_and_bvec(converted, tmp_path):
+    from benchmarks.crosscheck_dcm2niix import Volume
+    from dicom_io import schemas
+    from pipelines import export
+
+    out4, _, d2n = converted
+    to = str(tmp_path / "nifti")
+    export.run(["--output", out4, "--to", to, "--format", "nifti", *RUNNER_ARGS])
+    [path] = glob.glob(os.path.join(to, "*.nii.gz"))
+    stem = path.removesuffix(".nii.gz")
+    ours, reference = nibabel.load(path), nibabel.load(os.path.join(d2n, "dwi.nii"))
+    bvals = open(stem + ".bval").read().split()
+    assert bvals == open(os.path.join(d2n, "dwi.bval")).read().split() == ["0", "1000"]
+    # same voxels on the same grid (dcm2niix's NIfTI has the row axis flipped: a signed permutation), 1e-3 mm
+    volume = Volume("ours", np.asarray(ours.dataobj), ours.affine, [float(b) for b in bvals])
+    assert ours.shape == reference.shape == (TILE, TILE, N_IMAGES, 2)
+    assert matches(np.asarray(reference.dataobj), reference.affine, [0.0, 1000.0], volume) is None
+    bvec, reference_bvec = np.loadtxt(stem + ".bvec"), np.loadtxt(os.path.join(d2n, "dwi.bvec"))
+    assert bvec.shape == reference_bvec.shape == (3, 2)
+    assert np.array_equal(bvec[:, 0], [0, 0, 0]) and np.array_equal(reference_bvec[:, 0], [0, 0, 0])  # b = 0
+    # the same gradient in the world, each file's .bvec read in its own voxel axes with FSL's i rule ...
+    world = _bvec_world(bvec, ours.affine)
+    np.testing.assert_allclose(world, _bvec_world(reference_bvec, reference.affine), atol=1e-4)
+    # ... which is the DICOM (0019,100E) direction (LPS) in RAS
+    [record] = [json.load(open(p)) for p in glob.glob(os.path.join(out4, "series", "*.json"))]
+    lps = np.array(record["volumes"][1]["diffusion_direction"])
+    np.testing.assert_allclose(world[:, 1], lps * [-1, -1, 1], atol=1e-4)
+    # in numbers: ours is along (column, row, slice) with det > 0 (i negated), dcm2niix's along (column, -row,
+    # slice) with det < 0, so the two files differ in the sign of their first two rows
+    assert np.linalg.det(ours.affine[:3, :3]) > 0 > np.linalg.det(reference.affine[:3, :3])
+    np.testing.assert_allclose(bvec, reference_bvec * [[-1], [-1], [1]], atol=1e-4)
+    assert schemas.nifti_uri(to, record["series_key"]) == path
