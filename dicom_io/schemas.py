@@ -323,6 +323,9 @@ PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs-IIIII-of-NNNNN.{jsonl,parquet}
 # OUT/datasets/labels/dataset-IIIII-of-NNNNN.json (a JSON array each) and train_dataset-IIIII-of-NNNNN.csv
 LABELS_PREFIX, TRAIN_PREFIX = "dataset", "train_dataset"
 UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched-IIIII-of-NNNNN.csv
+# labels also: datalist.json (MONAI's Decathlon datalist: training/validation/test, image + integer label) and
+# label_classes.json (each label column's classes, index = position; -1 = no value)
+DATALIST_JSON, LABEL_CLASSES_JSON = "datalist.json", "label_classes.json"
 SPLITS = ("train", "validation", "test")
 UNMATCHED_COLUMNS = ("table", "row", "key", "reason", "record")  # record: the row as JSON
 

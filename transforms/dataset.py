@@ -302,12 +302,28 @@ class StudyEntryFn(beam.DoFn):
             yield TaggedOutput(UNMATCHED, row)
 
 
+class WriteDatalistFn(beam.DoFn):
+    """Every datalist item (one list: the datalist is one file) -> datalist.json and label_classes.json."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def process(self, items):
+        classes = datasets.label_classes(items)
+        for name, value in ((schemas.LABEL_CLASSES_JSON, classes),
+                            (schemas.DATALIST_JSON, datasets.datalist(items, classes))):
+            storage.write_bytes(schemas.dataset_uri(self._output, schemas.LABELS, name), datasets.encode_json(value))
+            yield name
+
+
 def _train_row_count(entry: dict[str, Any]) -> int:
     return len(datasets.train_rows(entry))
 
 
 class BuildLabelDataset(beam.PTransform):
-    """PBegin -> OUT/datasets/labels/{dataset-*.json, train_dataset-*.csv, unmatched-*.csv, summary.json}."""
+    """PBegin -> OUT/datasets/labels/{dataset-*.json, train_dataset-*.csv, unmatched-*.csv, summary.json,
+    datalist.json, label_classes.json}."""
 
     def __init__(self, *, output: str, labels_table: str, series_descriptions: str, spec: datasets.LabelSpec,
                  sharding: TableSharding = TableSharding()):
@@ -341,6 +357,8 @@ class BuildLabelDataset(beam.PTransform):
         entries | "WriteTrainCsv" >> WriteShardedFiles(
             schemas.dataset_uri(self._output, schemas.LABELS, schemas.TRAIN_PREFIX),
             (("csv", datasets.encode_train_rows),), "study_id", self._sharding)
+        (entries | "DatalistItems" >> beam.FlatMap(datasets.datalist_items, self._output)
+         | "GatherDatalist" >> beam.combiners.ToList() | "WriteDatalist" >> beam.ParDo(WriteDatalistFn(self._output)))
         unmatched_counts = unmatched | "WriteUnmatched" >> WriteUnmatched(self._output, schemas.LABELS, self._sharding)
         return (pbegin
                 | "Once" >> beam.Create([None])
