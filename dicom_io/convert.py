@@ -397,8 +397,8 @@ def _write_widening(plan: StackPlan, zarr_uri: str, settings: ConvertSettings, e
     while True:
         dicom = dicom_attributes(plan, grid)
         try:
-            return plan, dicom, _write_volume(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                                              settings, executor, grid)
+            return plan, dicom, _write_to_store(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
+                                                settings, executor, grid)
         except ValuesDoNotFitError as exc:
             wider = pixels.wider_dtype(plan.dtype)
             if wider is None:
