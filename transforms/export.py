@@ -113,4 +113,4 @@ class WriteExportsTable(WriteShardedFiles):
 
     def __init__(self, to: str):
         encoder = partial(tables.encode_parquet, schema=schemas.EXPORT_SCHEMA, sort_keys=("series_key", "format"))
-        super().__init__(schemas.export_prefix(to, schemas.EXPORTS_PREFIX), [("parquet", encoder)], "series_key", 1)
+        super().__init__(schemas.export_prefix(to, schemas.EXPORTS_PREFIX), [("parquet", encoder)], "series_key", tables.TableSharding(num_shards=1))
