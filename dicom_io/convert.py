@@ -346,7 +346,7 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], f
             "zarr_uri": schemas.volume_uri(settings.output, plan.series_key, settings.store),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
-            "provenance": {"pipeline_version": PIPELINE_VERSION,
+            "provenance": {"pipeline_version": PIPELINE_VERSION, "contract_version": schemas.CONTRACT_VERSION,
                            "input_fingerprint": fingerprint,
                            "source_count": len(plan.instances)}}
 

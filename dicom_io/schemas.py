@@ -16,6 +16,9 @@ import pyarrow as pa
 from dicom_io import storage
 
 # ---- layout under OUT -------------------------------------------------------------------
+# Contract 2: every sharded table in a folder of its own (OUT/summary/series/series-*.parquet, ...), so a glob
+# of one folder reads one table. Contract 1 (before) put the shards of several tables in one folder.
+CONTRACT_VERSION = 2
 VOLUMES_DIR, SERIES_DIR, SLICES_DIR, SUMMARY_DIR = "volumes", "series", "slices", "summary"
 SUMMARY_SERIES_PREFIX, SUMMARY_INSTANCES_PREFIX = "series", "instances"
 
@@ -33,9 +36,14 @@ def slices_csv_uri(output: str, key: str) -> str:
     return storage.join(output, SLICES_DIR, f"{key}.csv")
 
 
+def table_folder(folder: str, name: str) -> str:
+    """The prefix of a sharded table in its own folder: FOLDER/{name}/{name} -> {name}-00000-of-00001.ext."""
+    return storage.join(folder, name, name)
+
+
 def table_prefix(output: str, name: str) -> str:
-    """Prefix of a sharded table: OUT/summary/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, SUMMARY_DIR, name)
+    """Prefix of a summary table: OUT/summary/{name}/{name} -> {name}-00000-of-00001.parquet."""
+    return table_folder(storage.join(output, SUMMARY_DIR), name)
 
 
 # ---- statuses ---------------------------------------------------------------------------
@@ -141,7 +149,7 @@ def tag_columns(tags: dict[str, Any]) -> dict[str, Any]:
 
 def instance_row(source_uri: str, status: str, reason: str = "", sop_instance_uid: str = "",
                  series_instance_uid: str = "", series_key: str = "", z_index: int | None = None) -> dict[str, Any]:
-    """One row of OUT/summary/instances-*.parquet."""
+    """One row of OUT/summary/instances/instances-*.parquet."""
     return {
         "source_uri": source_uri, "sop_instance_uid": sop_instance_uid or None,
         "series_instance_uid": series_instance_uid or None, "series_key": series_key or None,
@@ -150,7 +158,7 @@ def instance_row(source_uri: str, status: str, reason: str = "", sop_instance_ui
 
 
 def series_row(record: dict[str, Any]) -> dict[str, Any]:
-    """One row of OUT/summary/series-*.parquet from a series record (the series JSON)."""
+    """One row of OUT/summary/series/series-*.parquet from a series record (the series JSON)."""
     tag_names = {column for _, column, _ in TAG_COLUMNS}
     row = {name: record.get(name) for name in SERIES_SCHEMA.names if name not in tag_names}
     row["stack_attributes"] = json.dumps(record.get("stack_attributes") or {}, sort_keys=True)
@@ -162,8 +170,8 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- manifest job (pipelines.manifest): tables at the root of OUT -----------------------------
-# OUT/instances-*.parquet, OUT/series-*.parquet, OUT/unreadable-*.csv, OUT/shards/series_shard_XX.csv,
-# with --all_tags OUT/tags-*.parquet (wide) and OUT/tags_long-*.parquet (long).
+# OUT/instances/instances-*.parquet, OUT/series/series-*.parquet, OUT/unreadable/unreadable-*.csv,
+# OUT/shards/series_shard_XX.csv, with --all_tags OUT/tags/tags-*.parquet (wide), OUT/tags_long/tags_long-*.parquet.
 MANIFEST_INSTANCES_PREFIX, MANIFEST_SERIES_PREFIX, UNREADABLE_PREFIX = "instances", "series", "unreadable"
 TAGS_PREFIX, TAGS_LONG_PREFIX, SHARDS_DIR = "tags", "tags_long", "shards"
 UNREADABLE_COLUMNS = ("uri", "size_bytes", "reason")
@@ -171,8 +179,8 @@ SHARD_COLUMNS = ("uri", "series_instance_uid", "series_key", "size_bytes")
 
 
 def manifest_prefix(output: str, name: str) -> str:
-    """Prefix of a manifest table: OUT/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, name)
+    """Prefix of a manifest table: OUT/{name}/{name} -> {name}-00000-of-00001.parquet (or .csv)."""
+    return table_folder(output, name)
 
 
 def shard_csv_uri(output: str, shard: int) -> str:
@@ -271,7 +279,7 @@ def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
 
 
 # ---- verify job (pipelines.verify): OUT/verify/ ---------------------------------------------------
-# OUT/verify/verify-*.parquet (one row per checked series), OUT/verify/files-*.parquet (one row per
+# OUT/verify/verify/verify-*.parquet (one row per checked series), OUT/verify/files/files-*.parquet (one row per
 # instance-accounting failure), OUT/verify/thumbnails/{key}_middle.jpg|_montage.jpg, OUT/verify/report.html
 VERIFY_DIR, VERIFY_PREFIX, VERIFY_FILES_PREFIX, THUMBNAILS_DIR = "verify", "verify", "files", "thumbnails"
 REPORT_NAME = "report.html"
@@ -279,8 +287,8 @@ OK = "ok"  # a verified series whose every check passed (FAILED otherwise)
 
 
 def verify_prefix(output: str, name: str) -> str:
-    """Prefix of a verify table: OUT/verify/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, VERIFY_DIR, name)
+    """Prefix of a verify table: OUT/verify/{name}/{name} -> {name}-00000-of-00001.parquet."""
+    return table_folder(storage.join(output, VERIFY_DIR), name)
 
 
 def thumbnail_uri(output: str, name: str) -> str:
@@ -319,10 +327,10 @@ VERIFY_FILES_SCHEMA = pa.schema(
 
 # ---- dataset job (pipelines.dataset): OUT/datasets/{vlm,labels}/ ----------------------------------
 DATASETS_DIR, VLM, LABELS = "datasets", "vlm", "labels"
-PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs-IIIII-of-NNNNN.{jsonl,parquet}
-# OUT/datasets/labels/dataset-IIIII-of-NNNNN.json (a JSON array each) and train_dataset-IIIII-of-NNNNN.csv
+PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs/pairs-IIIII-of-NNNNN.{jsonl,parquet}
+# OUT/datasets/labels/dataset/dataset-IIIII-of-NNNNN.json (a JSON array each), train_dataset/train_dataset-*.csv
 LABELS_PREFIX, TRAIN_PREFIX = "dataset", "train_dataset"
-UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched-IIIII-of-NNNNN.csv
+UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched/unmatched-IIIII-of-NNNNN.csv
 # labels also: datalist.json (MONAI's Decathlon datalist: training/validation/test, image + integer label) and
 # label_classes.json (each label column's classes, index = position; -1 = no value)
 DATALIST_JSON, LABEL_CLASSES_JSON = "datalist.json", "label_classes.json"
@@ -331,8 +339,13 @@ UNMATCHED_COLUMNS = ("table", "row", "key", "reason", "record")  # record: the r
 
 
 def dataset_uri(output: str, fmt: str, name: str) -> str:
-    """OUT/datasets/{fmt}/{name}."""
+    """OUT/datasets/{fmt}/{name}: the single files (summary.json, datalist.json, label_classes.json)."""
     return storage.join(output, DATASETS_DIR, fmt, name)
+
+
+def dataset_prefix(output: str, fmt: str, name: str) -> str:
+    """Prefix of a dataset table: OUT/datasets/{fmt}/{name}/{name} -> {name}-00000-of-00001.{ext}."""
+    return table_folder(storage.join(output, DATASETS_DIR, fmt), name)
 
 
 VLM_PAIRS_SCHEMA = pa.schema(
@@ -426,15 +439,15 @@ def dicom_seg_uri(to: str, key: str) -> str:
 
 # ---- summary parts (pipelines.convert --summary_part, pipelines.aggregate) -------------------------
 # A convert run over one shard of a manifest also writes its summary rows to
-# OUT/summary/parts/{part}/{series,instances}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
-# OUT/summary/{series,instances}-*.parquet as the union of every part (each file exactly once).
+# OUT/summary/parts/{part}/{series,instances}/{name}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
+# OUT/summary/{series,instances}/*.parquet as the union of every part (each file exactly once).
 PARTS_DIR = "parts"
 
 
 def part_prefix(output: str, part: str, name: str) -> str:
-    """OUT/summary/parts/{part}/{name}: the prefix of one run's part of summary table `name`."""
-    return storage.join(output, SUMMARY_DIR, PARTS_DIR, part, name)
+    """OUT/summary/parts/{part}/{name}/{name}: the prefix of one run's part of summary table `name`."""
+    return table_folder(storage.join(output, SUMMARY_DIR, PARTS_DIR, part), name)
 
 
 def parts_glob(output: str, name: str) -> str:
-    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", f"{name}-*.parquet")
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", name, f"{name}-*.parquet")

@@ -69,7 +69,7 @@ def _read(out: str, fmt: str, name: str) -> bytes:
 
 def _shards(out: str, fmt: str, prefix: str, ext: str) -> list[bytes]:
     """Every shard of OUT/datasets/{fmt}/{prefix}-*.{ext}, in shard order."""
-    return [storage.read_bytes(f) for f in storage.glob(schemas.dataset_uri(out, fmt, f"{prefix}-*.{ext}"))]
+    return [storage.read_bytes(f) for f in storage.glob(schemas.dataset_prefix(out, fmt, prefix) + f"-*.{ext}")]
 
 
 def _csv_rows(out: str, fmt: str, prefix: str) -> list[dict]:
@@ -117,11 +117,11 @@ def test_vlm_pairs_from_a_pacs_style_report_table(lumbar, tmp_path):
     finally:
         storage.write_bytes(csv_uri, original)
 
-    jsonl = _read(out, "vlm", "pairs-00000-of-00001.jsonl").decode().splitlines()
+    jsonl = _read(out, "vlm", "pairs/pairs-00000-of-00001.jsonl").decode().splitlines()
     pairs = [json.loads(line) for line in jsonl]
     assert all(list(sorted(p)) == sorted(schemas.VLM_PAIRS_SCHEMA.names) for p in pairs)
     pa.Table.from_pylist(pairs, schema=schemas.VLM_PAIRS_SCHEMA)  # every value has the schema's type
-    parquet = decode_parquet(_read(out, "vlm", "pairs-00000-of-00001.parquet")).to_pylist()
+    parquet = decode_parquet(_read(out, "vlm", "pairs/pairs-00000-of-00001.parquet")).to_pylist()
     assert parquet == pairs  # same rows, same order
     reported = [s for st, members in studies.items() if st != unreported for s in members]
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in reported)
@@ -156,7 +156,7 @@ def test_vlm_join_on_series_number_and_accession_from_parquet(lumbar, tmp_path):
                      "--join_on", "series_number+study", "--study_id_source", "accession_number",
                      "--report_series_column", "series", "--report_text_column", "text", "--report_texts", "each",
                      *RUNNER_ARGS])
-    pairs = [json.loads(line) for line in _read(out, "vlm", "pairs-00000-of-00001.jsonl").decode().splitlines()]
+    pairs = [json.loads(line) for line in _read(out, "vlm", "pairs/pairs-00000-of-00001.jsonl").decode().splitlines()]
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in axial)
     assert all(p["report_key"] == f"{p['accession_number']}|2" for p in pairs)
     assert [(u["key"], u["reason"]) for u in _unmatched(out, "vlm")] == [
