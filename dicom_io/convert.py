@@ -152,11 +152,11 @@ def ome_attributes(plan: StackPlan, dicom: dict[str, Any], levels: int = 1) -> d
     return ome.ome_attributes(plan.series_key, dicom, scale, plan.n_volumes, levels)
 
 
-def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
+def _slices_csv(rows: list[dict[str, Any]], key: str) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=schemas.SLICE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, "series_key": key} for row in rows)
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
@@ -430,7 +430,7 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
         return _failed(plan, failure, settings)
     except OSError as exc:  # full disk, read-only store: the job fails, naming where
         raise StorageError(f"cannot write {zarr_uri}: {exc}") from exc
-    written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
+    written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices, plan.series_key))
     record = _record(plan, settings, dicom, fingerprint)
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
     written += storage.tree_size(zarr_uri)

@@ -8,6 +8,7 @@ the slices CSV.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -53,15 +54,15 @@ CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 # One row per stored plane, volume after volume: t_index is the volume (0 for 3D), z_index the slice in it.
 # t_index is last: positional readers of the columns before 4D keep working.
 SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index")
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index", "series_key")  # contract 2: key
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("PatientID", "patient_id", pa.string()),
     ("PatientSex", "patient_sex", pa.string()),
     ("PatientAge", "patient_age", pa.string()),
-    ("StudyDate", "study_date", pa.string()),
-    ("SeriesDate", "series_date", pa.string()),
+    ("StudyDate", "study_date", pa.date32()),  # contract 2: DA as a date (null when not a valid YYYYMMDD)
+    ("SeriesDate", "series_date", pa.date32()),
     ("AccessionNumber", "accession_number", pa.string()),
     ("Manufacturer", "manufacturer", pa.string()),
     ("ManufacturerModelName", "manufacturer_model_name", pa.string()),
@@ -97,11 +98,12 @@ SERIES_SCHEMA = pa.schema(
         ("volumes", pa.string()),  # JSON list, one object per volume: b_value, diffusion_direction(_image), ...
         ("shape", pa.list_(pa.int64())),
         ("spacing", pa.list_(pa.float64())),
+        ("affine_lps", pa.list_(pa.list_(pa.float64(), 4), 4)),  # contract 2: 4x4 rows, NaN without geometry
         ("geometry", pa.string()),
         ("zarr_uri", pa.string()),
         ("dtype", pa.string()),
         ("split_by", pa.list_(pa.string())),
-        ("stack_attributes", pa.string()),
+        ("stack_attributes", pa.map_(pa.string(), pa.string())),  # contract 2: name -> JSON value
         ("order_by", pa.string()),
         ("spacing_min", pa.float64()),
         ("spacing_max", pa.float64()),
@@ -126,9 +128,28 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 
+def dicom_date(value: Any) -> datetime.date | None:
+    """A DICOM DA value (YYYYMMDD, or the old YYYY.MM.DD) as a date; None when it is not one."""
+    text = str(value[0] if isinstance(value, list) and value else value).strip().replace(".", "")
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+NO_AFFINE = [[float("nan")] * 4 for _ in range(4)]  # the series table's affine_lps of a stack without geometry
+
+
+def stack_attributes_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The `stack_attributes` of a series table row (a map of JSON values) as the dict the series JSON holds."""
+    return {k: json.loads(v) for k, v in (row.get("stack_attributes") or [])}
+
+
 def _coerce(value: Any, typ: pa.DataType) -> Any:
     if value is None or value == "":
         return None
+    if pa.types.is_date32(typ):
+        return dicom_date(value)
     try:
         if pa.types.is_list(typ):
             values = value if isinstance(value, list) else [value]
@@ -161,7 +182,10 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
     """One row of OUT/summary/series/series-*.parquet from a series record (the series JSON)."""
     tag_names = {column for _, column, _ in TAG_COLUMNS}
     row = {name: record.get(name) for name in SERIES_SCHEMA.names if name not in tag_names}
-    row["stack_attributes"] = json.dumps(record.get("stack_attributes") or {}, sort_keys=True)
+    # NaN, not null, without geometry (as the HDF5 export): pyarrow 25 cannot read back a null fixed-size list
+    row["affine_lps"] = record.get("affine_lps") or NO_AFFINE
+    attributes = record.get("stack_attributes") or {}
+    row["stack_attributes"] = [(k, json.dumps(attributes[k], sort_keys=True)) for k in sorted(attributes)]
     row["volumes"] = json.dumps(record.get("volumes") or [], sort_keys=True)
     row["n_volumes"] = record.get("n_volumes") or 1
     row["split_by"] = list(record.get("split_by") or [])
