@@ -23,6 +23,8 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=["dicom_io", "transforms", "pipelines"],
     install_requires=_requirements(),
+    # Training loaders (dicom_io.readers.VolumeDataset needs torch only for DataLoader; dicom_io.monai_reader MONAI).
+    extras_require={"ml": ["torch==2.13.0", "monai==1.6.1"]},
     entry_points={"console_scripts": ["dicomflow=pipelines.__main__:main",
                                       "dicomflow-convert=pipelines.convert:main",
                                       "dicomflow-manifest=pipelines.manifest:main",

@@ -47,7 +47,7 @@ def _prepare(work: Path) -> Path:
     _run("convert", ["--input", str(corpus), "--output", str(work / "converted"), *MODES["in_memory"]], check=True)
     import pyarrow.parquet as pq
 
-    series = pq.read_table(sorted((work / "converted" / "summary").glob("series-*.parquet"))[0]).to_pylist()
+    series = pq.read_table(sorted((work / "converted" / "summary" / "series").glob("series-*.parquet"))[0]).to_pylist()
     with open(work / "reports.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["study_id", "report_value"])

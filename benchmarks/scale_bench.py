@@ -139,12 +139,12 @@ def outputs_of(run: Run, out: Path) -> None:
     """Fill the table and group sizes of `run` from what it wrote."""
     if run.name.startswith("manifest"):
         root = out / "manifest"
-        run.table_files, run.largest_shard_rows = table_sizes([str(root / "*.parquet"), str(root / "*.csv")])
-        run.largest_series_files = largest_series(str(root / "series-*.parquet"), "n_instances")
+        run.table_files, run.largest_shard_rows = table_sizes([str(root / "*" / "*.parquet"), str(root / "unreadable" / "*.csv")])
+        run.largest_series_files = largest_series(str(root / "series" / "series-*.parquet"), "n_instances")
     else:
         root = out / "convert" / "summary"
-        run.table_files, run.largest_shard_rows = table_sizes([str(root / "*.parquet")])
-        run.largest_series_files = largest_series(str(root / "series-*.parquet"), "n_source_files")
+        run.table_files, run.largest_shard_rows = table_sizes([str(root / "*" / "*.parquet")])
+        run.largest_series_files = largest_series(str(root / "series" / "series-*.parquet"), "n_source_files")
 
 
 def bench_size(workdir: Path, n: int, args) -> list[Run]:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dicom_io import geometry, pixels, previews, resample, schemas, storage, zipstore
+from dicom_io import geometry, ome, pixels, previews, resample, schemas, storage, zipstore
 from dicom_io.errors import DicomflowError, StorageError, ValuesDoNotFitError
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import SeriesPlan, SliceRef, StackPlan
@@ -46,6 +46,7 @@ class ConvertSettings:
     store: str = schemas.STORE_DIRECTORY  # schemas.VOLUME_STORES: volumes/{key}.zarr or volumes/{key}.zarr.zip
     four_d: bool = True  # volumes of one grid as one (t, z, y, x) array; False: a 3D stack each
     philips_scaling: str = "dv"  # pixels.PHILIPS_SCALINGS
+    pyramid_levels: int = 1  # OME-Zarr multiscale levels: 1 = array "0" only
 
 
 @dataclass
@@ -140,28 +141,22 @@ def _resampled_attributes(plan: StackPlan, grid: resample.Grid, orientation) -> 
     return attrs
 
 
-def ome_attributes(plan: StackPlan, dicom: dict[str, Any]) -> dict[str, Any]:
-    """OME-Zarr 0.5 `multiscales` (z, y, x in mm). Omitted for colour: NGFF forbids a trailing c axis."""
+def ome_attributes(plan: StackPlan, dicom: dict[str, Any], levels: int = 1) -> dict[str, Any]:
+    """OME-Zarr 0.5 `ome` (dicom_io/ome.py). Omitted for colour: NGFF forbids a trailing c axis."""
     if plan.colour:
         return {}
     z, y, x = dicom["spacing"]
     if z is None and dicom["resampled_from"] is None and plan.ordering.step_vector:  # mean step for viewers; `dicom.spacing` stays null
         z = abs(sum(v * v for v in plan.ordering.step_vector) ** 0.5)
-    axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
     scale = [float(v) if v else 1.0 for v in (z, y, x)]
-    if plan.n_volumes > 1:  # volumes along t: index order, their times are in `dicom.volumes`
-        axes, scale = [{"name": "t", "type": "time"}] + axes, [1.0] + scale
-    return {"ome": {"version": "0.5", "multiscales": [{
-        "name": plan.series_key, "axes": axes,
-        "datasets": [{"path": ARRAY_NAME, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-    }]}}
+    return ome.ome_attributes(plan.series_key, dicom, scale, plan.n_volumes, levels)
 
 
-def _slices_csv(rows: list[dict[str, Any]]) -> bytes:
+def _slices_csv(rows: list[dict[str, Any]], key: str) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=schemas.SLICE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, "series_key": key} for row in rows)
     return buffer.getvalue().encode("utf-8", "surrogateescape")
 
 
@@ -281,6 +276,8 @@ def _write_volume(plan: StackPlan, uri: str, attributes: dict[str, Any], setting
         writer.abort()
         raise
     writer.close()
+    if "ome" in attributes:  # the smaller levels, from the written array: part of the volume, before CSV and JSON
+        ome.write_pyramid(uri, attributes["ome"], settings.compression_level)
     slice_previews.wait()
     if settings.previews.mode == "middle":
         _series_previews(uri, dicom, settings, plan.series_key, rows)
@@ -340,6 +337,7 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     p = settings.previews
     shown = "" if p.mode == "none" else f"+previews:{p.mode}:{p.fmt}:{p.naming}"
     stored = "" if settings.store == schemas.STORE_DIRECTORY else f"+store:{settings.store}"
+    stored += f"+pyramid:{settings.pyramid_levels}" if settings.pyramid_levels > 1 else ""
     return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}{stored}"  # plan: philips_scaling
 
 
@@ -348,7 +346,7 @@ def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], f
             "zarr_uri": schemas.volume_uri(settings.output, plan.series_key, settings.store),
             "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
             "n_source_files": len(plan.instances),
-            "provenance": {"pipeline_version": PIPELINE_VERSION,
+            "provenance": {"pipeline_version": PIPELINE_VERSION, "contract_version": schemas.CONTRACT_VERSION,
                            "input_fingerprint": fingerprint,
                            "source_count": len(plan.instances)}}
 
@@ -397,8 +395,8 @@ def _write_widening(plan: StackPlan, zarr_uri: str, settings: ConvertSettings, e
     while True:
         dicom = dicom_attributes(plan, grid)
         try:
-            return plan, dicom, _write_to_store(plan, zarr_uri, {**ome_attributes(plan, dicom), "dicom": dicom},
-                                                settings, executor, grid)
+            attributes = {**ome_attributes(plan, dicom, settings.pyramid_levels), "dicom": dicom}
+            return plan, dicom, _write_to_store(plan, zarr_uri, attributes, settings, executor, grid)
         except ValuesDoNotFitError as exc:
             wider = pixels.wider_dtype(plan.dtype)
             if wider is None:
@@ -432,7 +430,7 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
         return _failed(plan, failure, settings)
     except OSError as exc:  # full disk, read-only store: the job fails, naming where
         raise StorageError(f"cannot write {zarr_uri}: {exc}") from exc
-    written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices))
+    written = storage.write_bytes(schemas.slices_csv_uri(out, plan.series_key), _slices_csv(slices, plan.series_key))
     record = _record(plan, settings, dicom, fingerprint)
     written += storage.write_bytes(json_uri, json.dumps(record, indent=1, sort_keys=True).encode())
     written += storage.tree_size(zarr_uri)

@@ -383,3 +383,46 @@ def encode_train_rows(entries: list[dict[str, Any]]) -> bytes:
     entries = sorted(entries, key=lambda e: e["study_id"])
     labels = list(entries[0]["labels"]) if entries else []
     return encode_csv([r for e in entries for r in train_rows(e)], TRAIN_COLUMNS + tuple(labels))
+
+
+# ---- Decathlon datalist (MONAI load_decathlon_datalist) ------------------------------------------------
+
+DATALIST_KEYS = {"train": "training", "validation": "validation", "test": "test"}  # split -> datalist key
+NO_CLASS = -1  # a label cell left empty
+
+
+def datalist_image(output: str, uri: str) -> str:
+    """A volume URI under OUT as a path relative to OUT/datasets/labels/ (MONAI joins it to the datalist's folder)."""
+    root = output.rstrip("/") + "/"
+    return "../../" + uri[len(root):] if uri.startswith(root) else uri
+
+
+def datalist_items(entry: dict[str, Any], output: str) -> list[dict[str, Any]]:
+    """One study entry -> one datalist item per series stack: image (relative), split, ids, label values."""
+    return [{"image": datalist_image(output, s["volume_uri"]), "split": entry["split"], "study_id": entry["study_id"],
+             "series_key": s["series_key"], "series_description": description, "label_values": entry["labels"]}
+            for description, series in sorted(entry["series"].items()) for s in series]
+
+
+def label_classes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each label column's distinct values, sorted: a value's class index is its position."""
+    columns = sorted({c for item in items for c in item["label_values"]})
+    classes = {c: sorted({str(i["label_values"][c]) for i in items if i["label_values"].get(c) not in (None, "")})
+               for c in columns}
+    return {"columns": columns, "classes": classes, "missing": NO_CLASS}
+
+
+def class_index(value: Any, classes: list[str]) -> int:
+    return NO_CLASS if value in (None, "") else classes.index(str(value))
+
+
+def datalist(items: list[dict[str, Any]], classes: dict[str, Any]) -> dict[str, Any]:
+    """datalist.json: items by split, `label` = class index (one column) or indices in `columns` order."""
+    columns = classes["columns"]
+    lists: dict[str, list[dict[str, Any]]] = {key: [] for key in DATALIST_KEYS.values()}
+    for item in sorted(items, key=lambda i: (i["study_id"], i["series_description"], i["series_key"])):
+        labels = [class_index(item["label_values"].get(c), classes["classes"][c]) for c in columns]
+        record = {k: v for k, v in item.items() if k != "split"}
+        lists[DATALIST_KEYS[item["split"]]].append({**record, "label": labels[0] if len(labels) == 1 else labels})
+    return {"name": "dicomflow labels", "label_columns": columns, **lists,
+            **{f"num{key[0].upper()}{key[1:]}": len(value) for key, value in lists.items()}}

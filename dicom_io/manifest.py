@@ -197,7 +197,7 @@ def _most_common(counter: Counter) -> str | None:
 
 
 def series_row(group: str, summary: SeriesSummary) -> dict[str, Any]:
-    """One row of OUT/series-*.parquet."""
+    """One row of OUT/series/series-*.parquet."""
     return {
         "series_instance_uid": _most_common(summary.series_uid),
         "study_instance_uid": _most_common(summary.study_uid),

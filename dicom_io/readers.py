@@ -86,3 +86,131 @@ def open_volume(output: str, series_key: str) -> Volume:
     if not storage.exists(uri):
         raise VolumeNotFound(f"{output}: no volume for series {series_key}")
     return open_volume_uri(uri, series_key)
+
+
+# ---- training loaders: a map-style dataset over the series table (torch-free; DataLoader collates it) ------
+
+IMAGE, LABEL, AFFINE, ORIGIN, KEY = "image", "label", "affine", "origin", "series_key"
+
+
+class NoGeometry(DicomflowError, ValueError):
+    """The volume has no affine (no ImagePositionPatient/ImageOrientationPatient): no world placement."""
+
+
+def channel_first(array: Any, dimension_names: tuple[str, ...] | None, window: tuple[slice, ...]) -> np.ndarray:
+    """The (z, y, x) `window` of a stored array as (channel, z, y, x): t (4D) or c (colour) is the channel."""
+    names = tuple(dimension_names or ())
+    if names and names[0] == "t":
+        return np.asarray(array[(slice(None), *window)])
+    if names and names[-1] == "c":
+        return np.moveaxis(np.asarray(array[(*window, slice(None))]), -1, 0)
+    return np.asarray(array[window])[np.newaxis]
+
+
+def spatial_shape(shape: tuple[int, ...], dimension_names: tuple[str, ...] | None) -> tuple[int, int, int]:
+    """(z, y, x) of a stored array, whatever its channel axis."""
+    names = tuple(dimension_names or ())
+    if names and names[0] == "t":
+        return tuple(shape[1:4])
+    return tuple(shape[:3])
+
+
+def random_origin(shape_zyx: tuple[int, ...], patch_zyx: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+    """A uniformly drawn corner of a patch inside the volume (0 along an axis the patch does not fit)."""
+    return tuple(int(rng.integers(0, max(0, n - p) + 1)) for n, p in zip(shape_zyx, patch_zyx))
+
+
+def read_patch(array: Any, dimension_names: tuple[str, ...] | None, origin: tuple[int, ...],
+               patch_zyx: tuple[int, ...], pad_value: float = 0.0) -> np.ndarray:
+    """(channel, *patch_zyx) read from `origin` (only the shards it touches), padded where the volume ends."""
+    window = tuple(slice(o, o + p) for o, p in zip(origin, patch_zyx))
+    data = channel_first(array, dimension_names, window)
+    short = [(0, 0)] + [(0, p - n) for p, n in zip(patch_zyx, data.shape[1:])]
+    return np.pad(data, short, constant_values=pad_value) if any(after for _, after in short) else data
+
+
+def patch_affine(affine_ras: np.ndarray | None, origin: tuple[int, ...]) -> np.ndarray:
+    """The RAS affine of a patch whose (z, y, x) corner is `origin` (NaN without geometry, so batches collate)."""
+    if affine_ras is None:
+        return np.full((4, 4), np.nan)
+    shift = np.eye(4)
+    shift[:3, 3] = origin[::-1]  # affine index order is (x, y, z)
+    return affine_ras @ shift
+
+
+def read_labels(uri: str, key_column: str = KEY) -> dict[str, dict[str, Any]]:
+    """A labels table (CSV or Parquet, one row per series_key) as {series_key: row}."""
+    from dicom_io.tables import read_parquet  # tables imports schemas only; kept local to keep this module light
+
+    if uri.endswith(".parquet"):
+        rows = read_parquet(uri).to_pylist()
+    else:
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8"))))
+    return {str(r[key_column]): r for r in rows if r.get(key_column)}
+
+
+def converted_rows(output: str) -> list[dict[str, Any]]:
+    """The converted rows of OUT's series table, in series_key order."""
+    from dicom_io.tables import read_table
+
+    rows = [r for r in read_table(output, "series").to_pylist() if r["status"] == schemas.CONVERTED]
+    return sorted(rows, key=lambda r: r["series_key"])
+
+
+class VolumeDataset:
+    """Map-style dataset over OUT's converted series, optionally joined with a labels table.
+
+    Item i is a dict: `image` (channel, z, y, x) as `dtype` (the whole volume, or a random `patch_size`
+    patch read from only the shards it touches), `affine` (the patch's RAS affine), `origin` (its z, y, x
+    corner), `series_key`, and `label` (the row's `label_column`) when labels are given: then only labelled
+    series are items. Volumes are opened lazily, once per worker process, so `DataLoader(num_workers=N)`
+    and gs:// work. Patches are drawn from a generator seeded by (seed, epoch, index): reproducible.
+    """
+
+    def __init__(self, output: str, labels: str | dict[str, dict[str, Any]] | None = None, *,
+                 label_column: str = LABEL, patch_size: tuple[int, int, int] | None = None, seed: int = 0,
+                 dtype: str | None = "float32", pad_value: float = 0.0) -> None:
+        self.output, self.label_column, self.seed, self.dtype, self.pad_value = output, label_column, seed, dtype, pad_value
+        self.patch_size = tuple(patch_size) if patch_size else None
+        self.labels = read_labels(labels) if isinstance(labels, str) else labels
+        rows = converted_rows(output)
+        self.rows = [r for r in rows if self.labels is None or r["series_key"] in self.labels]
+        self.epoch = 0
+        self._volumes: dict[str, Volume] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other patches next epoch (call before each epoch, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_volumes": {}}  # open stores stay in the process that opened them
+
+    def volume(self, key: str) -> Volume:
+        if key not in self._volumes:
+            self._volumes[key] = open_volume(self.output, key)
+        return self._volumes[key]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key = self.rows[index]["series_key"]
+        vol = self.volume(key)
+        names = vol.array.metadata.dimension_names
+        shape = spatial_shape(vol.shape, names)
+        patch = self.patch_size or shape
+        origin = random_origin(shape, patch, np.random.default_rng([self.seed, self.epoch, index]))
+        image = read_patch(vol.array, names, origin, patch, self.pad_value)
+        item = {IMAGE: image if self.dtype is None else image.astype(self.dtype, copy=False),
+                AFFINE: patch_affine(vol.affine_ras, origin), ORIGIN: np.asarray(origin), KEY: key}
+        if self.labels is not None:
+            item[LABEL] = self.labels[key][self.label_column]
+        return item
+
+    def close(self) -> None:
+        for vol in self._volumes.values():
+            vol.close()
+        self._volumes.clear()

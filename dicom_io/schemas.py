@@ -8,6 +8,7 @@ the slices CSV.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -16,6 +17,9 @@ import pyarrow as pa
 from dicom_io import storage
 
 # ---- layout under OUT -------------------------------------------------------------------
+# Contract 2: every sharded table in a folder of its own (OUT/summary/series/series-*.parquet, ...), so a glob
+# of one folder reads one table. Contract 1 (before) put the shards of several tables in one folder.
+CONTRACT_VERSION = 2
 VOLUMES_DIR, SERIES_DIR, SLICES_DIR, SUMMARY_DIR = "volumes", "series", "slices", "summary"
 SUMMARY_SERIES_PREFIX, SUMMARY_INSTANCES_PREFIX = "series", "instances"
 
@@ -33,9 +37,14 @@ def slices_csv_uri(output: str, key: str) -> str:
     return storage.join(output, SLICES_DIR, f"{key}.csv")
 
 
+def table_folder(folder: str, name: str) -> str:
+    """The prefix of a sharded table in its own folder: FOLDER/{name}/{name} -> {name}-00000-of-00001.ext."""
+    return storage.join(folder, name, name)
+
+
 def table_prefix(output: str, name: str) -> str:
-    """Prefix of a sharded table: OUT/summary/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, SUMMARY_DIR, name)
+    """Prefix of a summary table: OUT/summary/{name}/{name} -> {name}-00000-of-00001.parquet."""
+    return table_folder(storage.join(output, SUMMARY_DIR), name)
 
 
 # ---- statuses ---------------------------------------------------------------------------
@@ -45,15 +54,15 @@ CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 # One row per stored plane, volume after volume: t_index is the volume (0 for 3D), z_index the slice in it.
 # t_index is last: positional readers of the columns before 4D keep working.
 SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index")
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index", "series_key")  # contract 2: key
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("PatientID", "patient_id", pa.string()),
     ("PatientSex", "patient_sex", pa.string()),
     ("PatientAge", "patient_age", pa.string()),
-    ("StudyDate", "study_date", pa.string()),
-    ("SeriesDate", "series_date", pa.string()),
+    ("StudyDate", "study_date", pa.date32()),  # contract 2: DA as a date (null when not a valid YYYYMMDD)
+    ("SeriesDate", "series_date", pa.date32()),
     ("AccessionNumber", "accession_number", pa.string()),
     ("Manufacturer", "manufacturer", pa.string()),
     ("ManufacturerModelName", "manufacturer_model_name", pa.string()),
@@ -89,11 +98,12 @@ SERIES_SCHEMA = pa.schema(
         ("volumes", pa.string()),  # JSON list, one object per volume: b_value, diffusion_direction(_image), ...
         ("shape", pa.list_(pa.int64())),
         ("spacing", pa.list_(pa.float64())),
+        ("affine_lps", pa.list_(pa.list_(pa.float64(), 4), 4)),  # contract 2: 4x4 rows, NaN without geometry
         ("geometry", pa.string()),
         ("zarr_uri", pa.string()),
         ("dtype", pa.string()),
         ("split_by", pa.list_(pa.string())),
-        ("stack_attributes", pa.string()),
+        ("stack_attributes", pa.map_(pa.string(), pa.string())),  # contract 2: name -> JSON value
         ("order_by", pa.string()),
         ("spacing_min", pa.float64()),
         ("spacing_max", pa.float64()),
@@ -118,9 +128,28 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 
+def dicom_date(value: Any) -> datetime.date | None:
+    """A DICOM DA value (YYYYMMDD, or the old YYYY.MM.DD) as a date; None when it is not one."""
+    text = str(value[0] if isinstance(value, list) and value else value).strip().replace(".", "")
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+NO_AFFINE = [[float("nan")] * 4 for _ in range(4)]  # the series table's affine_lps of a stack without geometry
+
+
+def stack_attributes_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The `stack_attributes` of a series table row (a map of JSON values) as the dict the series JSON holds."""
+    return {k: json.loads(v) for k, v in (row.get("stack_attributes") or [])}
+
+
 def _coerce(value: Any, typ: pa.DataType) -> Any:
     if value is None or value == "":
         return None
+    if pa.types.is_date32(typ):
+        return dicom_date(value)
     try:
         if pa.types.is_list(typ):
             values = value if isinstance(value, list) else [value]
@@ -141,7 +170,7 @@ def tag_columns(tags: dict[str, Any]) -> dict[str, Any]:
 
 def instance_row(source_uri: str, status: str, reason: str = "", sop_instance_uid: str = "",
                  series_instance_uid: str = "", series_key: str = "", z_index: int | None = None) -> dict[str, Any]:
-    """One row of OUT/summary/instances-*.parquet."""
+    """One row of OUT/summary/instances/instances-*.parquet."""
     return {
         "source_uri": source_uri, "sop_instance_uid": sop_instance_uid or None,
         "series_instance_uid": series_instance_uid or None, "series_key": series_key or None,
@@ -150,10 +179,13 @@ def instance_row(source_uri: str, status: str, reason: str = "", sop_instance_ui
 
 
 def series_row(record: dict[str, Any]) -> dict[str, Any]:
-    """One row of OUT/summary/series-*.parquet from a series record (the series JSON)."""
+    """One row of OUT/summary/series/series-*.parquet from a series record (the series JSON)."""
     tag_names = {column for _, column, _ in TAG_COLUMNS}
     row = {name: record.get(name) for name in SERIES_SCHEMA.names if name not in tag_names}
-    row["stack_attributes"] = json.dumps(record.get("stack_attributes") or {}, sort_keys=True)
+    # NaN, not null, without geometry (as the HDF5 export): pyarrow 25 cannot read back a null fixed-size list
+    row["affine_lps"] = record.get("affine_lps") or NO_AFFINE
+    attributes = record.get("stack_attributes") or {}
+    row["stack_attributes"] = [(k, json.dumps(attributes[k], sort_keys=True)) for k in sorted(attributes)]
     row["volumes"] = json.dumps(record.get("volumes") or [], sort_keys=True)
     row["n_volumes"] = record.get("n_volumes") or 1
     row["split_by"] = list(record.get("split_by") or [])
@@ -162,8 +194,8 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- manifest job (pipelines.manifest): tables at the root of OUT -----------------------------
-# OUT/instances-*.parquet, OUT/series-*.parquet, OUT/unreadable-*.csv, OUT/shards/series_shard_XX.csv,
-# with --all_tags OUT/tags-*.parquet (wide) and OUT/tags_long-*.parquet (long).
+# OUT/instances/instances-*.parquet, OUT/series/series-*.parquet, OUT/unreadable/unreadable-*.csv,
+# OUT/shards/series_shard_XX.csv, with --all_tags OUT/tags/tags-*.parquet (wide), OUT/tags_long/tags_long-*.parquet.
 MANIFEST_INSTANCES_PREFIX, MANIFEST_SERIES_PREFIX, UNREADABLE_PREFIX = "instances", "series", "unreadable"
 TAGS_PREFIX, TAGS_LONG_PREFIX, SHARDS_DIR = "tags", "tags_long", "shards"
 UNREADABLE_COLUMNS = ("uri", "size_bytes", "reason")
@@ -171,8 +203,8 @@ SHARD_COLUMNS = ("uri", "series_instance_uid", "series_key", "size_bytes")
 
 
 def manifest_prefix(output: str, name: str) -> str:
-    """Prefix of a manifest table: OUT/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, name)
+    """Prefix of a manifest table: OUT/{name}/{name} -> {name}-00000-of-00001.parquet (or .csv)."""
+    return table_folder(output, name)
 
 
 def shard_csv_uri(output: str, shard: int) -> str:
@@ -271,7 +303,7 @@ def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
 
 
 # ---- verify job (pipelines.verify): OUT/verify/ ---------------------------------------------------
-# OUT/verify/verify-*.parquet (one row per checked series), OUT/verify/files-*.parquet (one row per
+# OUT/verify/verify/verify-*.parquet (one row per checked series), OUT/verify/files/files-*.parquet (one row per
 # instance-accounting failure), OUT/verify/thumbnails/{key}_middle.jpg|_montage.jpg, OUT/verify/report.html
 VERIFY_DIR, VERIFY_PREFIX, VERIFY_FILES_PREFIX, THUMBNAILS_DIR = "verify", "verify", "files", "thumbnails"
 REPORT_NAME = "report.html"
@@ -279,8 +311,8 @@ OK = "ok"  # a verified series whose every check passed (FAILED otherwise)
 
 
 def verify_prefix(output: str, name: str) -> str:
-    """Prefix of a verify table: OUT/verify/{name} -> {name}-00000-of-00001.parquet."""
-    return storage.join(output, VERIFY_DIR, name)
+    """Prefix of a verify table: OUT/verify/{name}/{name} -> {name}-00000-of-00001.parquet."""
+    return table_folder(storage.join(output, VERIFY_DIR), name)
 
 
 def thumbnail_uri(output: str, name: str) -> str:
@@ -319,17 +351,25 @@ VERIFY_FILES_SCHEMA = pa.schema(
 
 # ---- dataset job (pipelines.dataset): OUT/datasets/{vlm,labels}/ ----------------------------------
 DATASETS_DIR, VLM, LABELS = "datasets", "vlm", "labels"
-PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs-IIIII-of-NNNNN.{jsonl,parquet}
-# OUT/datasets/labels/dataset-IIIII-of-NNNNN.json (a JSON array each) and train_dataset-IIIII-of-NNNNN.csv
+PAIRS_PREFIX = "pairs"  # OUT/datasets/vlm/pairs/pairs-IIIII-of-NNNNN.{jsonl,parquet}
+# OUT/datasets/labels/dataset/dataset-IIIII-of-NNNNN.json (a JSON array each), train_dataset/train_dataset-*.csv
 LABELS_PREFIX, TRAIN_PREFIX = "dataset", "train_dataset"
-UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched-IIIII-of-NNNNN.csv
+UNMATCHED_PREFIX, DATASET_SUMMARY_JSON = "unmatched", "summary.json"  # in both: unmatched/unmatched-IIIII-of-NNNNN.csv
+# labels also: datalist.json (MONAI's Decathlon datalist: training/validation/test, image + integer label) and
+# label_classes.json (each label column's classes, index = position; -1 = no value)
+DATALIST_JSON, LABEL_CLASSES_JSON = "datalist.json", "label_classes.json"
 SPLITS = ("train", "validation", "test")
 UNMATCHED_COLUMNS = ("table", "row", "key", "reason", "record")  # record: the row as JSON
 
 
 def dataset_uri(output: str, fmt: str, name: str) -> str:
-    """OUT/datasets/{fmt}/{name}."""
+    """OUT/datasets/{fmt}/{name}: the single files (summary.json, datalist.json, label_classes.json)."""
     return storage.join(output, DATASETS_DIR, fmt, name)
+
+
+def dataset_prefix(output: str, fmt: str, name: str) -> str:
+    """Prefix of a dataset table: OUT/datasets/{fmt}/{name}/{name} -> {name}-00000-of-00001.{ext}."""
+    return table_folder(storage.join(output, DATASETS_DIR, fmt), name)
 
 
 VLM_PAIRS_SCHEMA = pa.schema(
@@ -428,15 +468,15 @@ def dicom_seg_uri(to: str, key: str) -> str:
 
 # ---- summary parts (pipelines.convert --summary_part, pipelines.aggregate) -------------------------
 # A convert run over one shard of a manifest also writes its summary rows to
-# OUT/summary/parts/{part}/{series,instances}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
-# OUT/summary/{series,instances}-*.parquet as the union of every part (each file exactly once).
+# OUT/summary/parts/{part}/{series,instances}/{name}-IIIII-of-NNNNN.parquet; pipelines.aggregate rebuilds
+# OUT/summary/{series,instances}/*.parquet as the union of every part (each file exactly once).
 PARTS_DIR = "parts"
 
 
 def part_prefix(output: str, part: str, name: str) -> str:
-    """OUT/summary/parts/{part}/{name}: the prefix of one run's part of summary table `name`."""
-    return storage.join(output, SUMMARY_DIR, PARTS_DIR, part, name)
+    """OUT/summary/parts/{part}/{name}/{name}: the prefix of one run's part of summary table `name`."""
+    return table_folder(storage.join(output, SUMMARY_DIR, PARTS_DIR, part), name)
 
 
 def parts_glob(output: str, name: str) -> str:
-    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", f"{name}-*.parquet")
+    return storage.join(output, SUMMARY_DIR, PARTS_DIR, "*", name, f"{name}-*.parquet")

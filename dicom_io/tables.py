@@ -130,13 +130,23 @@ def encode_jsonl(rows: Iterable[dict[str, Any]], sort_keys: Sequence[str]) -> by
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
+def legacy_prefix(prefix: str) -> str | None:
+    """Where contract 1 put the shards of a table now in its own folder: FOLDER/name/name -> FOLDER/name."""
+    parent, _, name = prefix.rpartition("/")
+    return parent if parent.endswith("/" + name) else None
+
+
 def write_shard_file(prefix: str, ext: str, index: int, num_shards: int, data: bytes) -> int:
-    """Write one shard atomically; shard 0 also removes shards of an earlier, other shard count."""
+    """Write one shard atomically; shard 0 also removes shards of an earlier, other shard count, and the
+    same table's shards in the contract-1 layout (beside its folder), so no glob ever sees both."""
     written = storage.write_bytes(shard_file_uri(prefix, index, num_shards, ext), data)
     if index == 0:
         for stale in storage.glob(f"{prefix}-*.{ext}"):
             if not stale.endswith(f"-of-{num_shards:05d}.{ext}"):
                 storage.remove(stale)
+        legacy = legacy_prefix(prefix)
+        for stale in storage.glob(f"{legacy}-*-of-*.{ext}") if legacy else ():
+            storage.remove(stale)
     return written
 
 
@@ -172,5 +182,5 @@ def summary_encoder(name: str) -> Encoder:
 
 
 def read_table(output: str, name: str) -> pa.Table:
-    """All shards of OUT/summary/{name}-*.parquet as one table with the contract's schema."""
+    """All shards of OUT/summary/{name}/{name}-*.parquet as one table with the contract's schema."""
     return read_shards(schemas.table_prefix(output, name), SCHEMAS[name])

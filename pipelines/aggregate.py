@@ -4,7 +4,7 @@
     python -m pipelines.convert --input shards/series_shard_01.csv --output OUT    # ... and so on
     python -m pipelines.aggregate --output OUT [--table_shards N] [any Beam option]
 
-OUT/summary/{series,instances}-*.parquet then describe every shard's files exactly once, as one run
+OUT/summary/{series,instances}/*.parquet then describe every shard's files exactly once, as one run
 over all the shards' files would.
 """
 

@@ -58,6 +58,9 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--stacks_3d", type=parse_bool, nargs="?", const=True, default=False,
                             help="Write every volume of a 4D series (time points, b-values, echoes, triggers) "
                                  "as its own 3D stack instead of one (t, z, y, x) array")
+        parser.add_argument("--pyramid_levels", type=int, default=1,
+                            help="OME-Zarr multiscale levels (1 = no pyramid): each halves y and x, and z where the "
+                                 "slice step is finer than the new in-plane step")
 
 
 SHARED_OPTIONS = (("pixels", PixelOptions), ("de-identification", DeidOptions))
@@ -79,6 +82,8 @@ def validate(opts: ConvertOptions) -> None:
         raise SystemExit("pipelines.convert: --preview_naming=manifest:COLUMN needs a manifest --input")
     if not 1 <= opts.compression_level <= 9:
         raise SystemExit("pipelines.convert: --compression_level must be 1 to 9")
+    if opts.pyramid_levels < 1:
+        raise SystemExit("pipelines.convert: --pyramid_levels must be at least 1")
     if opts.summary_part:
         try:
             aggregate.check_part(opts.summary_part)
@@ -92,6 +97,7 @@ def settings_of(opts: ConvertOptions) -> ConvertSettings:
                            compression_level=opts.compression_level, tilt=opts.tilt, irregular=opts.irregular,
                            store=opts.store,
                            four_d=not opts.stacks_3d, philips_scaling=opts.philips_scaling,
+                           pyramid_levels=opts.pyramid_levels,
                            previews=previews.PreviewSettings(opts.previews, opts.preview_format, opts.preview_naming))
 
 

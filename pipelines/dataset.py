@@ -79,7 +79,7 @@ def validate(opts: DatasetOptions) -> None:
         raise SystemExit(f"pipelines.dataset: {exc}") from exc
     output = opts.view_as(JobOptions).output
     if not storage.glob(schemas.table_prefix(output, schemas.SUMMARY_SERIES_PREFIX) + "-*.parquet"):
-        raise SystemExit(f"pipelines.dataset: {output} holds no summary/series-*.parquet (run pipelines.convert)")
+        raise SystemExit(f"pipelines.dataset: {output} holds no summary/series/*.parquet (run pipelines.convert)")
     if opts.format == schemas.VLM:
         _exists("dataset", "--report_table", opts.report_table)
     else:

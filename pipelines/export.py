@@ -61,7 +61,7 @@ def validate(opts: ExportOptions) -> None:
     if not opts.to or not opts.export_format:
         raise SystemExit("pipelines.export: --to and --format (dicom|hdf5|nifti) required")
     if not storage.glob(schemas.table_prefix(output, schemas.SUMMARY_SERIES_PREFIX) + "-*.parquet"):
-        raise SystemExit(f"pipelines.export: {output} holds no summary/series-*.parquet (run pipelines.convert)")
+        raise SystemExit(f"pipelines.export: {output} holds no summary/series/*.parquet (run pipelines.convert)")
     if opts.seg_labels and (opts.export_format != "dicom" or len(opts.series or []) != 1):
         raise SystemExit("pipelines.export: --labels needs --format dicom and exactly one --series KEY")
     if opts.seg_labels and not storage.exists(opts.seg_labels):

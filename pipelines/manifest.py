@@ -3,9 +3,10 @@
     python -m pipelines.manifest --input INPUT --output OUT [--all_tags] [--previous OLD_OUT]
                                  [--num_shards N] [any Beam option]
 
-Writes OUT/instances-*.parquet (one row per file; `pipelines.convert --input OUT/instances-*.parquet`
-converts from it), OUT/series-*.parquet, OUT/unreadable-*.csv, with --num_shards
-OUT/shards/series_shard_XX.csv, with --all_tags OUT/tags-*.parquet and OUT/tags_long-*.parquet.
+Writes OUT/instances/instances-*.parquet (one row per file; `pipelines.convert --input
+OUT/instances/instances-*.parquet` converts from it), OUT/series/series-*.parquet,
+OUT/unreadable/unreadable-*.csv, with --num_shards OUT/shards/series_shard_XX.csv, with --all_tags
+OUT/tags/tags-*.parquet and OUT/tags_long/tags_long-*.parquet: a folder per table (output contract 2).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def validate(opts: ManifestOptions) -> None:
     if opts.tags_max_items < 0:
         raise SystemExit("pipelines.manifest: --tags_max_items must be 0 (all) or positive")
     if opts.previous and not _previous_tables(opts.previous, schemas.MANIFEST_INSTANCES_PREFIX):
-        raise SystemExit(f"pipelines.manifest: --previous {opts.previous} holds no instances-*.parquet")
+        raise SystemExit(f"pipelines.manifest: --previous {opts.previous} holds no instances/instances-*.parquet")
 
 
 def _previous_tables(previous: str, name: str) -> list[str]:

@@ -51,7 +51,7 @@ def validate(opts: VerifyOptions) -> None:
         raise SystemExit("pipelines.verify: --report_thumbnails must be >= 0, --position_tolerance_mm > 0")
     for name in (schemas.SUMMARY_SERIES_PREFIX, schemas.SUMMARY_INSTANCES_PREFIX):
         if not storage.glob(schemas.table_prefix(output, name) + "-*.parquet"):
-            raise SystemExit(f"pipelines.verify: {output} holds no summary/{name}-*.parquet (run pipelines.convert)")
+            raise SystemExit(f"pipelines.verify: {output} holds no summary/{name}/*.parquet (run pipelines.convert)")
 
 
 def report_uri_of(opts: VerifyOptions) -> str:

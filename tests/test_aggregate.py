@@ -22,7 +22,7 @@ N_SHARDS = 3
 
 def _rows(out: str, name: str) -> list[str]:
     """Rows as sorted JSON texts, OUT's own prefix replaced (the two runs write to different roots)."""
-    return sorted(json.dumps(r, sort_keys=True).replace(out, "OUT") for r in read_table(out, name).to_pylist())
+    return sorted(json.dumps(r, sort_keys=True, default=str).replace(out, "OUT") for r in read_table(out, name).to_pylist())
 
 
 def _uris(shard_csv: str) -> list[str]:
@@ -100,5 +100,5 @@ def test_aggregate_on_gs(gcs, sharded):
     root = remote.rsplit("/summary/parts", 1)[0]
     aggregate_job.run(["--output", root, *RUNNER_ARGS])
     for name in ("series", "instances"):
-        assert sorted(json.dumps(r, sort_keys=True) for r in read_table(root, name).to_pylist()) == \
-            sorted(json.dumps(r, sort_keys=True) for r in read_table(out, name).to_pylist())
+        assert sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(root, name).to_pylist()) == \
+            sorted(json.dumps(r, sort_keys=True, default=str) for r in read_table(out, name).to_pylist())

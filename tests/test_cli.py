@@ -246,7 +246,8 @@ def test_sweep_removes_what_a_crash_left_and_keeps_every_commit(tmp_path):
     (out / schemas.VOLUMES_DIR / "half.zarr" / "0").mkdir(parents=True)  # volume without its commit record
     (out / schemas.SLICES_DIR / "half.csv").write_text("z_index\n")
     (out / schemas.SLICES_DIR / ("half.csv.tmp-" + "a" * 32)).write_text("partial")
-    (out / schemas.SUMMARY_DIR / ("series-00000-of-00001.parquet.tmp-" + "b" * 32)).write_text("partial")
+    (out / schemas.SUMMARY_DIR / "series").mkdir(parents=True, exist_ok=True)
+    (out / schemas.SUMMARY_DIR / "series" / ("series-00000-of-00001.parquet.tmp-" + "b" * 32)).write_text("partial")
     swept = debris.sweep(str(out))
     assert swept == debris.Swept(temporary_files=2, partial_series=2)
     left = sorted(os.path.relpath(p, out) for p in all_files(str(out)))

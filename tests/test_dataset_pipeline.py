@@ -69,7 +69,7 @@ def _read(out: str, fmt: str, name: str) -> bytes:
 
 def _shards(out: str, fmt: str, prefix: str, ext: str) -> list[bytes]:
     """Every shard of OUT/datasets/{fmt}/{prefix}-*.{ext}, in shard order."""
-    return [storage.read_bytes(f) for f in storage.glob(schemas.dataset_uri(out, fmt, f"{prefix}-*.{ext}"))]
+    return [storage.read_bytes(f) for f in storage.glob(schemas.dataset_prefix(out, fmt, prefix) + f"-*.{ext}")]
 
 
 def _csv_rows(out: str, fmt: str, prefix: str) -> list[dict]:
@@ -117,11 +117,11 @@ def test_vlm_pairs_from_a_pacs_style_report_table(lumbar, tmp_path):
     finally:
         storage.write_bytes(csv_uri, original)
 
-    jsonl = _read(out, "vlm", "pairs-00000-of-00001.jsonl").decode().splitlines()
+    jsonl = _read(out, "vlm", "pairs/pairs-00000-of-00001.jsonl").decode().splitlines()
     pairs = [json.loads(line) for line in jsonl]
     assert all(list(sorted(p)) == sorted(schemas.VLM_PAIRS_SCHEMA.names) for p in pairs)
     pa.Table.from_pylist(pairs, schema=schemas.VLM_PAIRS_SCHEMA)  # every value has the schema's type
-    parquet = decode_parquet(_read(out, "vlm", "pairs-00000-of-00001.parquet")).to_pylist()
+    parquet = decode_parquet(_read(out, "vlm", "pairs/pairs-00000-of-00001.parquet")).to_pylist()
     assert parquet == pairs  # same rows, same order
     reported = [s for st, members in studies.items() if st != unreported for s in members]
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in reported)
@@ -156,7 +156,7 @@ def test_vlm_join_on_series_number_and_accession_from_parquet(lumbar, tmp_path):
                      "--join_on", "series_number+study", "--study_id_source", "accession_number",
                      "--report_series_column", "series", "--report_text_column", "text", "--report_texts", "each",
                      *RUNNER_ARGS])
-    pairs = [json.loads(line) for line in _read(out, "vlm", "pairs-00000-of-00001.jsonl").decode().splitlines()]
+    pairs = [json.loads(line) for line in _read(out, "vlm", "pairs/pairs-00000-of-00001.jsonl").decode().splitlines()]
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in axial)
     assert all(p["report_key"] == f"{p['accession_number']}|2" for p in pairs)
     assert [(u["key"], u["reason"]) for u in _unmatched(out, "vlm")] == [
@@ -243,3 +243,43 @@ def test_validate_names_what_is_missing(lumbar, tmp_path):
         dataset_job.run(["--output", out, "--format", "vlm", "--split", "0.9,0.9,0.1", *RUNNER_ARGS])
     with pytest.raises(SystemExit, match="holds no summary"):
         dataset_job.run(["--output", str(tmp_path), "--format", "vlm", "--report_table", "x", *RUNNER_ARGS])
+
+
+def test_labels_write_a_decathlon_datalist_monai_loads(lumbar, tmp_path):
+    from monai.data import load_decathlon_datalist
+    from monai.transforms import LoadImaged
+
+    from dicom_io.monai_reader import DicomflowReader
+
+    out, series = lumbar
+    studies = list(_by_study(series))
+    train = _write_csv(tmp_path / "train.csv", ["study_id", *LABELS],
+                       [[st, *(_label_value(k, j) for j in range(len(LABELS)))] for k, st in enumerate(studies)])
+    descriptions = [[st, s["series_instance_uid"], s["series_description"]] for st in studies
+                    for s in _by_study(series)[st]]
+    table = _write_csv(tmp_path / "descriptions.csv", ["study_id", "series_id", "series_description"], descriptions)
+    dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", table,
+                     "--split", "0.4,0.3,0.3", "--split_salt", "s6", *RUNNER_ARGS])
+    path = schemas.dataset_uri(out, "labels", schemas.DATALIST_JSON)
+    classes = json.loads(_read(out, "labels", schemas.LABEL_CLASSES_JSON))
+    assert classes["columns"] == sorted(LABELS) and classes["missing"] == -1
+    entries = {e["study_id"]: e for e in _entries(out)}
+    loaded = {key: load_decathlon_datalist(path, data_list_key=key) for key in ("training", "validation", "test")}
+    assert sum(map(len, loaded.values())) == len(_csv_rows(out, "labels", schemas.TRAIN_PREFIX)) == 3 * len(studies)
+    assert all(loaded.values())  # salt s6: 3 / 3 / 1 of the seven patients
+    split_names = {"training": "train", "validation": "validation", "test": "test"}
+    for key, items in loaded.items():
+        for item in items:
+            entry = entries[item["study_id"]]
+            assert entry["split"] == split_names[key]
+            assert item["image"] == schemas.zarr_uri(out, item["series_key"]) and storage.exists(item["image"])
+            assert [classes["classes"][c][i] if i >= 0 else None for c, i in zip(classes["columns"], item["label"])] \
+                == [entry["labels"][c] for c in classes["columns"]]
+            assert all(isinstance(i, int) for i in item["label"])
+    first = loaded["training"][0]
+    image = LoadImaged(keys="image", reader=DicomflowReader(), image_only=True)(first)["image"]
+    assert tuple(image.shape) == tuple(next(s for s in series if s["series_key"] == first["series_key"])["shape"][::-1])
+    before = storage.read_bytes(path)
+    dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", table,
+                     "--split", "0.4,0.3,0.3", "--split_salt", "s6", *RUNNER_ARGS])
+    assert storage.read_bytes(path) == before  # one deterministic writer

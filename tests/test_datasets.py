@@ -213,3 +213,18 @@ def test_series_images_of_a_4d_series_use_the_first_volume_middle_preview(tmp_pa
     storage.write_bytes(schemas.slices_csv_uri(out, "k4"), ("\n".join([header] + rows) + "\n").encode())
     images = datasets.series_images(out, "k4")
     assert images["preview_uri"] == "mid.png" and images["image_uris"] == ["mid.png"]
+
+
+def test_datalist_classes_are_sorted_values_and_empty_cells_are_minus_one():
+    def item(study, split, value):
+        return {"image": f"../../volumes/{study}.zarr", "split": split, "study_id": study, "series_key": study,
+                "series_description": "Axial T2", "label_values": {"grade": value}}
+
+    items = [item("b", "train", "Severe"), item("a", "train", "Moderate"), item("c", "test", None),
+             item("d", "validation", "Moderate")]
+    classes = datasets.label_classes(items)
+    assert classes == {"columns": ["grade"], "classes": {"grade": ["Moderate", "Severe"]}, "missing": -1}
+    data = datasets.datalist(items, classes)
+    assert [(i["study_id"], i["label"]) for i in data["training"]] == [("a", 0), ("b", 1)]  # one column: an int
+    assert data["test"][0]["label"] == -1 and data["numValidation"] == 1 and "split" not in data["training"][0]
+    assert datasets.datalist_image("/o", "/o/volumes/k.zarr") == "../../volumes/k.zarr"

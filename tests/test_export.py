@@ -122,7 +122,7 @@ def _hand_built_4d(out: str, key: str, volume: np.ndarray, dicom: dict) -> None:
     open(schemas.slices_csv_uri(out, key), "w").write(",".join(schemas.SLICE_COLUMNS) + "\n" + rows)
     row = schemas.series_row({**record, "n_slices": volume.shape[1]})
     data = tables.encode_parquet([row], schemas.SERIES_SCHEMA, ("series_key",))
-    os.makedirs(os.path.join(out, "summary"), exist_ok=True)
+    os.makedirs(os.path.join(out, "summary", "series"), exist_ok=True)
     open(tables.shard_file_uri(schemas.table_prefix(out, "series"), 0, 1, "parquet"), "wb").write(data)
 
 

@@ -46,7 +46,7 @@ def _local_objects(out: str) -> dict[str, bytes]:
 def _rows(out: str, name: str, replace: dict[str, str]) -> list[str]:
     rows = []
     for row in read_table(out, name).to_pylist():
-        text = json.dumps(row, sort_keys=True)
+        text = json.dumps(row, sort_keys=True, default=str)
         for old, new in replace.items():
             text = text.replace(old, new)
         rows.append(text)

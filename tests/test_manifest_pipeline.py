@@ -82,7 +82,7 @@ def test_unreadable_csv_lists_the_failed_files_with_reasons(shipped):
     expected = {(r["uri"], str(r["size_bytes"]), r["reason"])
                 for r in _rows(shipped, schemas.MANIFEST_INSTANCES_PREFIX) if not r["readable"]}
     found = set()
-    for path in glob.glob(os.path.join(shipped, "unreadable-*.csv")):
+    for path in glob.glob(os.path.join(shipped, "unreadable", "unreadable-*.csv")):
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             assert tuple(reader.fieldnames) == schemas.UNREADABLE_COLUMNS
@@ -124,7 +124,7 @@ def test_series_rows_count_their_instances(shipped):
 
 def _wide(out: str) -> pa.Table:
     """The wide tags table read as ONE dataset: fails unless every shard has the same schema."""
-    return pads.dataset(sorted(glob.glob(os.path.join(out, "tags-*.parquet"))), format="parquet").to_table()
+    return pads.dataset(sorted(glob.glob(os.path.join(out, "tags", "tags-*.parquet"))), format="parquet").to_table()
 
 
 def test_wide_tags_read_back_and_agree_with_pydicom(shipped):
@@ -158,7 +158,7 @@ def test_long_tags_hold_the_same_values_as_the_wide_table(shipped):
 
 def test_duckdb_reads_both_tag_tables(shipped):
     import duckdb  # a pinned test requirement
-    wide, long_ = os.path.join(shipped, "tags-*.parquet"), os.path.join(shipped, "tags_long-*.parquet")
+    wide, long_ = os.path.join(shipped, "tags", "tags-*.parquet"), os.path.join(shipped, "tags_long", "tags_long-*.parquet")
     name = duckdb.sql(f"""SELECT "PatientName (0010,0010)" FROM read_parquet('{wide}')
                           WHERE uri LIKE '%/CT_small.dcm'""").fetchall()
     assert name == [("CompressedSamples^CT1",)]
@@ -200,7 +200,7 @@ def test_convert_runs_from_the_manifest_instances_table(corpus, tmp_path):
         assert by_uid[uid]["n_instances"] == n_files, expected["kind"]
         assert by_uid[uid]["has_localizers"] == (expected["kind"] == "localizer")
         assert len(by_uid[uid]["orientations"]) == 1
-    convert.run(["--input", os.path.join(out, "instances-*.parquet"), "--output", converted, *RUNNER_ARGS])
+    convert.run(["--input", os.path.join(out, "instances", "instances-*.parquet"), "--output", converted, *RUNNER_ARGS])
     manifest_uris = [r["uri"] for r in _rows(out, schemas.MANIFEST_INSTANCES_PREFIX)]
     converted_rows = read_convert_table(converted, "instances").to_pylist()
     assert Counter(r["source_uri"] for r in converted_rows) == Counter(manifest_uris) == Counter(all_files(corpus.root))

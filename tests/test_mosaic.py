@@ -27,7 +27,7 @@ import pytest
 import zarr
 
 from benchmarks.crosscheck_dcm2niix import dicomflow_volumes, matches
-from dicom_io import pixels, storage
+from dicom_io import pixels, schemas, storage
 from dicom_io.errors import HeaderError
 from dicom_io.header import read_header
 from dicom_io.tables import read_table
@@ -203,7 +203,7 @@ def test_4d_array_matches_dcm2niix_voxels_affine_bvals_and_bvecs(converted):
 def test_stacks_3d_flag_writes_one_stack_per_volume_each_a_dcm2niix_volume(converted):
     _, out3, d2n = converted
     rows = sorted(read_table(out3, "series").to_pylist(), key=lambda r: r["stack_index"])
-    assert [(r["n_volumes"], json.loads(r["stack_attributes"]).get("b_value")) for r in rows] == [(1, 0), (1, 1000)]
+    assert [(r["n_volumes"], schemas.stack_attributes_of(r).get("b_value")) for r in rows] == [(1, 0), (1, 1000)]
     image = nibabel.load(os.path.join(d2n, "dwi.nii"))
     data = np.asarray(image.dataobj)
     for t, volume in enumerate(sorted(dicomflow_volumes(out3), key=lambda v: v.key)):

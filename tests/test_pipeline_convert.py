@@ -84,7 +84,7 @@ def test_multi_echo_series_becomes_one_4d_array_of_echoes(corpus, converted):
     uid = next(u for u, e in corpus.expected.items() if e["kind"] == "multi_echo")
     [row] = [r for (u, _), r in series.items() if u == uid]
     assert row["split_by"] == ["echo"] and row["n_slices"] == 10 and row["n_volumes"] == 2
-    assert [v["echo"] for v in json.loads(row["volumes"])] == [1, 2] and json.loads(row["stack_attributes"]) == {}
+    assert [v["echo"] for v in json.loads(row["volumes"])] == [1, 2] and schemas.stack_attributes_of(row) == {}
     volume = zarr.open_group(row["zarr_uri"], mode="r")["0"][:]
     assert volume.shape[:2] == (2, 10)
     for t, spec in enumerate(corpus.expected[uid]["spec"]):

@@ -66,7 +66,7 @@ def scale_corpus(tmp_path_factory) -> synthetic.Corpus:
 
 
 def _shards(out: str, name: str, ext: str = "parquet") -> list[str]:
-    return sorted(glob.glob(os.path.join(out, f"{name}-*.{ext}")))
+    return sorted(glob.glob(os.path.join(out, name, f"{name}-*.{ext}")))  # contract 2: a folder per table
 
 
 def _rows(files: list[str]) -> list[dict]:

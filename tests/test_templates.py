@@ -319,7 +319,7 @@ def test_pipeline_translates_into_a_dataflow_job(image_workdir, tmp_path, monkey
 def _write_instances(output: Path, statuses: list[str]) -> None:
     rows = [schemas.instance_row(f"gs://archive/{i}.dcm", status, reason="" if status != "failed" else "not dicom: x",
                                  sop_instance_uid=f"1.2.{i}") for i, status in enumerate(statuses)]
-    summary = output / schemas.SUMMARY_DIR
+    summary = output / schemas.SUMMARY_DIR / schemas.SUMMARY_INSTANCES_PREFIX
     summary.mkdir(parents=True)
     half = len(rows) // 2  # two shards, as --table_shards=0 may write
     for index, part in enumerate((rows[:half], rows[half:])):
@@ -329,7 +329,8 @@ def _write_instances(output: Path, statuses: list[str]) -> None:
 
 def test_summary_check_mirrors_the_output_contract():
     check = summary_check()
-    assert check.INSTANCES_GLOB == f"{schemas.SUMMARY_DIR}/{schemas.SUMMARY_INSTANCES_PREFIX}-*.parquet"
+    name = schemas.SUMMARY_INSTANCES_PREFIX
+    assert check.INSTANCES_GLOB == f"{schemas.SUMMARY_DIR}/{name}/{name}-*.parquet"
     assert check.FAILED == schemas.FAILED
     assert check.STATUS_COLUMN in schemas.INSTANCES_SCHEMA.names
 

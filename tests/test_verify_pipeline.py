@@ -89,7 +89,7 @@ def test_every_converted_series_is_checked_and_passes(verified):
         assert row["thumbnails"] and all(storage.exists(schemas.thumbnail_uri(verified, n)) for n in row["thumbnails"])
     assert _file_rows(verified) == []
     assert verify_job.exit_status(["--output", verified]) == 0
-    shard = os.path.join(verified, "verify", "verify-00000-of-00001.parquet")
+    shard = os.path.join(verified, "verify", "verify", "verify-00000-of-00001.parquet")
     assert pq.read_table(shard).schema.names == schemas.VERIFY_SCHEMA.names
 
 
@@ -192,8 +192,8 @@ def test_verify_tables_are_cut_at_rows_per_shard_and_the_report_still_counts_eve
     out = str(tmp_path / "out")
     shutil.copytree(verified, out)
     verify_job.run(["--output", out, "--rows_per_shard", "2", "--report_thumbnails", "0", *RUNNER_ARGS])
-    shards = sorted(f for f in os.listdir(os.path.join(out, "verify")) if f.startswith("verify-"))
-    sizes = [pq.read_metadata(os.path.join(out, "verify", f)).num_rows for f in shards]
+    shards = sorted(f for f in os.listdir(os.path.join(out, "verify", "verify")) if f.startswith("verify-"))
+    sizes = [pq.read_metadata(os.path.join(out, "verify", "verify", f)).num_rows for f in shards]
     assert len(shards) >= sum(sizes) / 2 and max(sizes) <= 2 and all(f.endswith(f"-of-{len(shards):05d}.parquet")
                                                                         for f in shards)
     assert _verify_rows(out).keys() == _verify_rows(verified).keys()  # the union: every series, once

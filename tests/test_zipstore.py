@@ -163,7 +163,7 @@ def test_dataset_job_over_a_zip_store_points_pairs_at_the_zip_objects(zipped, tm
         writer.writerows([s["study_instance_uid"], s["series_number"], s["series_key"], "Findings."] for s in series)
     dataset_job.run(["--output", zipped, "--format", "vlm", "--report_table", str(table), *RUNNER_ARGS])
     pairs = [json.loads(line) for line in
-             open(schemas.dataset_uri(zipped, schemas.VLM, "pairs-00000-of-00001.jsonl")).read().splitlines()]
+             open(schemas.dataset_prefix(zipped, schemas.VLM, schemas.PAIRS_PREFIX) + "-00000-of-00001.jsonl").read().splitlines()]
     assert pairs and {p["series_key"] for p in pairs} == {s["series_key"] for s in series}
     for pair in pairs:
         assert pair["volume_uri"] == schemas.volume_uri(zipped, pair["series_key"], schemas.STORE_ZIP)

@@ -13,7 +13,7 @@ NAMES = (schemas.SUMMARY_SERIES_PREFIX, schemas.SUMMARY_INSTANCES_PREFIX)
 
 
 class WriteSummaryPart(beam.PTransform):
-    """{"series": rows, "instances": rows} -> OUT/summary/parts/{part}/{series,instances}-*.parquet."""
+    """{"series": rows, "instances": rows} -> OUT/summary/parts/{part}/{series,instances}/*.parquet."""
 
     def __init__(self, output: str, part: str, sharding: TableSharding = TableSharding()):
         super().__init__()
@@ -51,7 +51,7 @@ class UnionOfParts(beam.PTransform):
 
 
 class AggregateParts(beam.PTransform):
-    """PBegin -> the rewritten summary tables (OUT/summary/{series,instances}-*.parquet).
+    """PBegin -> the rewritten summary tables (OUT/summary/{series,instances}/*.parquet).
 
     `parts` maps each table name to its part files (dicom_io.aggregate.part_files, listed by the pipeline).
     """

@@ -24,7 +24,7 @@ UNMATCHED = "unmatched"
 # ---- shared: read a summary table, write sharded files -------------------------------------------
 
 class ReadSummaryTable(beam.PTransform):
-    """PBegin -> rows (dicts) of every OUT/summary/{name}-*.parquet shard."""
+    """PBegin -> rows (dicts) of every OUT/summary/{name}/{name}-*.parquet shard."""
 
     def __init__(self, output: str, name: str):
         super().__init__()
@@ -158,11 +158,11 @@ class CountByFn(CountsCombineFn):
 
 
 class WriteUnmatched(beam.PTransform):
-    """Unmatched rows -> OUT/datasets/{fmt}/unmatched-IIIII-of-NNNNN.csv; returns {(table, reason): rows}."""
+    """Unmatched rows -> OUT/datasets/{fmt}/unmatched/unmatched-IIIII-of-NNNNN.csv; returns {(table, reason): rows}."""
 
     def __init__(self, output: str, fmt: str, sharding: TableSharding):
         super().__init__()
-        self._prefix = schemas.dataset_uri(output, fmt, schemas.UNMATCHED_PREFIX)
+        self._prefix = schemas.dataset_prefix(output, fmt, schemas.UNMATCHED_PREFIX)
         self._sharding = sharding
 
     def expand(self, unmatched):
@@ -240,7 +240,7 @@ class BuildVlmPairs(beam.PTransform):
                    ("parquet", functools.partial(tables.encode_parquet, schema=schemas.VLM_PAIRS_SCHEMA,
                                                  sort_keys=self.PAIR_SORT)))
         pairs | "WritePairs" >> WriteShardedFiles(
-            schemas.dataset_uri(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._sharding)
+            schemas.dataset_prefix(self._output, schemas.VLM, schemas.PAIRS_PREFIX), formats, "pair_id", self._sharding)
         splits = pairs | "SplitCounts" >> SplitCounts()
         converted = series | "Converted" >> beam.Filter(_is_converted) | "CountConverted" >> beam.combiners.Count.Globally()
         with_pairs = (pairs | "PairSeries" >> beam.Map(_series_key_of) | "DistinctSeries" >> beam.Distinct()
@@ -289,12 +289,28 @@ class StudyEntryFn(beam.DoFn):
             yield TaggedOutput(UNMATCHED, row)
 
 
+class WriteDatalistFn(beam.DoFn):
+    """Every datalist item (one list: the datalist is one file) -> datalist.json and label_classes.json."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def process(self, items):
+        classes = datasets.label_classes(items)
+        for name, value in ((schemas.LABEL_CLASSES_JSON, classes),
+                            (schemas.DATALIST_JSON, datasets.datalist(items, classes))):
+            storage.write_bytes(schemas.dataset_uri(self._output, schemas.LABELS, name), datasets.encode_json(value))
+            yield name
+
+
 def _train_row_count(entry: dict[str, Any]) -> int:
     return len(datasets.train_rows(entry))
 
 
 class BuildLabelDataset(beam.PTransform):
-    """PBegin -> OUT/datasets/labels/{dataset-*.json, train_dataset-*.csv, unmatched-*.csv, summary.json}."""
+    """PBegin -> OUT/datasets/labels/{dataset-*.json, train_dataset-*.csv, unmatched-*.csv, summary.json,
+    datalist.json, label_classes.json}."""
 
     def __init__(self, *, output: str, labels_table: str, series_descriptions: str, spec: datasets.LabelSpec,
                  sharding: TableSharding = TableSharding()):
@@ -323,11 +339,13 @@ class BuildLabelDataset(beam.PTransform):
         train_rows = (entries | "TrainRows" >> beam.Map(_train_row_count)
                       | "SumTrainRows" >> beam.CombineGlobally(sum))
         entries | "WriteEntries" >> WriteShardedFiles(
-            schemas.dataset_uri(self._output, schemas.LABELS, schemas.LABELS_PREFIX),
+            schemas.dataset_prefix(self._output, schemas.LABELS, schemas.LABELS_PREFIX),
             (("json", datasets.encode_entries),), "study_id", self._sharding)
         entries | "WriteTrainCsv" >> WriteShardedFiles(
-            schemas.dataset_uri(self._output, schemas.LABELS, schemas.TRAIN_PREFIX),
+            schemas.dataset_prefix(self._output, schemas.LABELS, schemas.TRAIN_PREFIX),
             (("csv", datasets.encode_train_rows),), "study_id", self._sharding)
+        (entries | "DatalistItems" >> beam.FlatMap(datasets.datalist_items, self._output)
+         | "GatherDatalist" >> beam.combiners.ToList() | "WriteDatalist" >> beam.ParDo(WriteDatalistFn(self._output)))
         unmatched_counts = unmatched | "WriteUnmatched" >> WriteUnmatched(self._output, schemas.LABELS, self._sharding)
         return (pbegin
                 | "Once" >> beam.Create([None])

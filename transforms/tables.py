@@ -128,7 +128,7 @@ class WriteShardedFiles(beam.PTransform):
 
 
 class WriteTable(WriteShardedFiles):
-    """Summary rows -> OUT/summary/{name}-IIIII-of-NNNNN.parquet."""
+    """Summary rows -> OUT/summary/{name}/{name}-IIIII-of-NNNNN.parquet."""
 
     def __init__(self, output: str, name: str, sharding: TableSharding = TableSharding()):
         super().__init__(schemas.table_prefix(output, name), [("parquet", summary_encoder(name))],

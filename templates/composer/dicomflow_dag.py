@@ -1,9 +1,9 @@
 """Cloud Composer 3 (Airflow 3) DAGs that run the dicomflow Flex Templates on Dataflow.
 
 Two DAGs from one factory:
-- `dicomflow_convert`: convert INPUT into OUT, then check OUT/summary/instances-*.parquet;
+- `dicomflow_convert`: convert INPUT into OUT, then check OUT/summary/instances/instances-*.parquet;
 - `dicomflow_crawl_then_convert`: run the `manifest` template into OUT/manifest/ first, then
-  convert from OUT/manifest/instances-*.parquet, then the same check.
+  convert from OUT/manifest/instances/instances-*.parquet, then the same check.
 
 Every setting is a DAG param (editable per run in the trigger form); an empty param falls back
 to an Airflow Variable `dicomflow_<name>`, read through Jinja when a task renders, so this file
@@ -157,8 +157,8 @@ def make_dag(dag_id: str, *, crawl_first: bool, schedule: str | None = "@daily")
                 "manifest_column": manifest_column,  # only used if the crawl's own input is a manifest
                 "rows_per_shard": "{{ params.rows_per_shard }}",
             })
-            # pipelines.manifest writes OUT/instances-*.parquet, file URIs in column `uri`.
-            convert_input = f"{manifest_out}/instances-*.parquet"
+            # pipelines.manifest writes OUT/instances/instances-*.parquet, file URIs in column `uri`.
+            convert_input = f"{manifest_out}/instances/instances-*.parquet"
             manifest_column = MANIFEST_URI_COLUMN
         convert = _launch("convert", "dicomflow-convert", setting("template_path"), {
             "input": convert_input,

@@ -1,6 +1,6 @@
 """Post-run check of a convert job: fail when too many input files failed.
 
-Reads OUT/summary/instances-*.parquet (one row per input file, README "Output contract") with
+Reads OUT/summary/instances/instances-*.parquet (one row per input file, README "Output contract") with
 pyarrow through fsspec, so it works on a local folder and on gs:// (gcsfs) alike. Deliberately
 free of Airflow and of the dicomflow package: Composer workers have neither installed, only
 pyarrow and gcsfs, and the DAG imports this module from its own folder.
@@ -14,13 +14,13 @@ import fsspec
 import pyarrow.parquet as pq
 
 # Mirrors dicom_io.schemas (SUMMARY_DIR, SUMMARY_INSTANCES_PREFIX, FAILED); tests keep them equal.
-INSTANCES_GLOB = "summary/instances-*.parquet"
+INSTANCES_GLOB = "summary/instances/instances-*.parquet"
 STATUS_COLUMN = "status"
 FAILED = "failed"
 
 
 def status_counts(output: str) -> dict[str, int]:
-    """Rows of OUT/summary/instances-*.parquet per status (converted, skipped, failed)."""
+    """Rows of OUT/summary/instances/instances-*.parquet per status (converted, skipped, failed)."""
     pattern = output.rstrip("/") + "/" + INSTANCES_GLOB
     fs, path = fsspec.core.url_to_fs(pattern)
     files = sorted(fs.glob(path))

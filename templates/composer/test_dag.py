@@ -177,7 +177,7 @@ def test_crawl_dag_converts_from_the_manifest(dagbag):
     assert crawl["jobName"] == "dicomflow-manifest-20260301t000000-1"
     convert = rendered(dag, "convert", conf={"manifest_column": "local_file_path"})["body"]["launchParameter"]
     assert convert["containerSpecGcsPath"] == "gs://results/templates/dicomflow-convert.json"
-    assert convert["parameters"]["input"] == "gs://results/dicomflow/out/manifest/instances-*.parquet"
+    assert convert["parameters"]["input"] == "gs://results/dicomflow/out/manifest/instances/instances-*.parquet"
     assert convert["parameters"]["output"] == "gs://results/dicomflow/out"
     # The crawl's table names its files in `uri`, whatever column the crawl's own input used.
     assert convert["parameters"]["manifest_column"] == "uri"
@@ -197,7 +197,7 @@ def test_defaults_when_no_variable_is_set(dagbag):
 
 
 def write_instances(root: pathlib.Path, statuses: list[str]) -> str:
-    summary = root / "summary"
+    summary = root / "summary" / "instances"
     summary.mkdir(parents=True)
     table = pa.table({"source_uri": [f"gs://a/{i}.dcm" for i in range(len(statuses))], "status": statuses})
     pq.write_table(table, summary / "instances-00000-of-00001.parquet")
