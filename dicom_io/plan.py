@@ -322,7 +322,9 @@ def volume_attributes(slices: Sequence[SliceRef], ordering: geometry.Ordering) -
     """One volume's attributes (attributes.VOLUME_ATTRIBUTES of its first slice), and the diffusion
     direction also in image axes: components along the column index (row direction cosine), the row
     index (column cosine) and the slice index (the stack's step), as .bvec files want."""
-    values = {k: v for k, v in _jsonable(dict(slices[0].attrs)).items() if k != "stack_id"}
+    # image_type never varies inside one array (it splits stacks, never joins them): not a volume value
+    skip = ("stack_id", *attributes.SEPARATE_NAMES)
+    values = {k: v for k, v in _jsonable(dict(slices[0].attrs)).items() if k not in skip}
     direction, orientation = values.get("diffusion_direction"), slices[0].orientation
     values["diffusion_direction_image"] = None
     if direction is not None and orientation is not None:
