@@ -12,7 +12,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec
 
-from dicom_io import shard_writer, volume
+from dicom_io import shard_writer, storage, volume
 from dicom_io.volume import VolumeWriter, choose_layout
 
 
@@ -156,3 +156,21 @@ def test_write_shard_refuses_data_of_the_wrong_extent(tmp_path):
     array = _array(tmp_path / "v.zarr", np.zeros((70, 300, 260), dtype="int16"))
     with pytest.raises(ValueError, match=r"needs data of shape \(6, 256, 256\)"):
         shard_writer.write_shard(array, shard_writer.encoding_of(array), (1, 0, 0), np.zeros((5, 256, 256), "int16"))
+
+
+def test_fsspec_store_gets_zarrs_bytes(tmp_path):
+    """The bucket path: FsspecStore (memory:// here, gs:// in production) through the same store object."""
+    import fsspec
+
+    layout = choose_layout(70, 40, 30, "int16")
+    data, base = _data(layout), f"memory://{tmp_path.name}"
+    writer = VolumeWriter(f"{base}/ours.zarr", layout, {})
+    for plane in data:
+        writer.append(plane)
+    writer.close()
+    group = zarr.open_group(storage.zarr_store(f"{base}/zarr.zarr"), mode="w", zarr_format=3)
+    VolumeWriter._create(group, layout, volume.COMPRESSION_LEVEL)[...] = data
+    fs = fsspec.filesystem("memory")
+    ours, theirs = (fs.find(f"/{tmp_path.name}/{name}") for name in ("ours.zarr", "zarr.zarr"))
+    assert [p.replace("ours.zarr", "") for p in ours] == [p.replace("zarr.zarr", "") for p in theirs]
+    assert len(ours) == 4 and all(fs.cat_file(a) == fs.cat_file(b) for a, b in zip(ours, theirs))
