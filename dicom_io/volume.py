@@ -117,6 +117,7 @@ class VolumeWriter:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         self._encoding = shard_writer.encoding_of(self._array)  # None: write through zarr
         self._slab = np.zeros(layout.slab_shape, dtype=layout.dtype)
+        self._in_flight: np.ndarray | None = None  # the slab being written, refilled two shards on
         self._filled = 0
         self._t, self._z0 = 0, 0  # where the slab starts
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
@@ -145,11 +146,14 @@ class VolumeWriter:
     def _flush(self) -> None:
         if not self._filled:
             return
-        self._wait()
+        self._wait()  # the buffer of the shard before is free again
         full, z0, z1 = self._slab, self._z0, self._z0 + self._filled
         self._pending = self._flusher.submit(self._write, self._t, z0, full[: self._filled])
         last = self._t == self.layout.n_volumes - 1 and z1 == self.layout.n_slices
-        self._slab = full if last else np.zeros(self.layout.slab_shape, dtype=self.layout.dtype)
+        if not last:  # two buffers in turn: no 32 MB of fresh pages to fault in per shard
+            spare = self._in_flight
+            self._slab = spare if spare is not None else np.empty(self.layout.slab_shape, dtype=self.layout.dtype)
+        self._in_flight = full
         self._z0, self._filled = z1, 0
         if z1 == self.layout.n_slices and not last:
             self._t, self._z0 = self._t + 1, 0
@@ -177,7 +181,7 @@ class VolumeWriter:
     def abort(self) -> None:
         """Stop without writing what is buffered (the caller removes the partial volume)."""
         self._flusher.shutdown(wait=True, cancel_futures=True)
-        self._pending, self._slab = None, np.zeros(0)
+        self._pending, self._slab, self._in_flight = None, np.zeros(0), None
 
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
@@ -189,5 +193,5 @@ class VolumeWriter:
         written = self._t * self.layout.n_slices + self._z0
         if written != self.layout.n_volumes * self.layout.n_slices:
             raise RuntimeError(f"{self.uri}: wrote {written} slices of {self.layout.n_volumes * self.layout.n_slices}")
-        self._slab = np.zeros(0)
+        self._slab, self._in_flight = np.zeros(0), None
         return written

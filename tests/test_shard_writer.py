@@ -62,6 +62,7 @@ def _float_specials(layout: volume.VolumeLayout, data: np.ndarray) -> np.ndarray
 
 CASES = {
     "int16 partial final shard": (choose_layout(70, 300, 260, "int16"), None),
+    "int16 four shards, buffers reused": (choose_layout(200, 40, 30, "int16"), None),
     "uint8 3x4 chunks per plane": (choose_layout(40, 600, 520, "uint8"), None),
     "float32": (choose_layout(40, 64, 48, "float32"), _float_specials),
     "colour c=3": (choose_layout(20, 64, 48, "uint8", channels=3), None),
