@@ -1,8 +1,8 @@
 """Write whole Zarr v3 shard objects directly, byte for byte what zarr-python's ShardingCodec writes.
 
-zarr-python spends more CPU on its per-shard machinery (asyncio, a thread hop per inner chunk,
-indexing, buffer copies) than on Blosc itself (issue #12). Here a shard is encoded in one plain
-loop: inner chunks in zarr's morton order, each Blosc-encoded with the array's own codec
+zarr-python's per-shard machinery (asyncio, a thread hop per inner chunk, indexing, a filled
+buffer, a copy and an equality array per chunk) costs CPU on top of Blosc (issue #12). Here a
+shard is encoded in one plain loop: inner chunks in zarr's morton order, each Blosc-encoded with the array's own codec
 configuration, chunks equal to the fill value everywhere left out (`write_empty_chunks=False`),
 then the (offset, nbytes) uint64 little-endian index in C order and its crc32c. The object goes
 through the array's own zarr store. Arrays whose codecs differ from that one layout get None from
