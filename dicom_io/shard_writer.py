@@ -17,7 +17,7 @@ from typing import Any
 
 import google_crc32c  # zarr's own crc32c implementation (a zarr dependency)
 import numpy as np
-from numcodecs.blosc import Blosc
+from numcodecs.blosc import MAX_OVERHEAD, Blosc
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import NDBuffer
 from zarr.core.indexing import morton_order_iter
@@ -109,55 +109,74 @@ def shard_extent(encoding: ShardEncoding, shard_coords: tuple[int, ...]) -> tupl
     return tuple(min(n, size - c * n) for c, n, size in zip(shard_coords, encoding.shard_shape, encoding.shape))
 
 
-def write_shard(array: Any, encoding: ShardEncoding, shard_coords: tuple[int, ...], data: np.ndarray) -> int:
+def write_shard(array: Any, encoding: ShardEncoding, shard_coords: tuple[int, ...], data: np.ndarray,
+                out: np.ndarray | None = None) -> int:
     """Write one shard: `data` is the shard's whole region of the array (clipped at the array's end).
 
-    Returns the object's size; 0 when every chunk is fill and, as zarr does, the key is deleted.
+    `out` (from `output_buffer`) is reused for the object's bytes when given. Returns the object's
+    size; 0 when every chunk is fill and, as zarr does, the key is deleted.
     """
     expected = shard_extent(encoding, shard_coords)
     if data.shape != expected:
         raise ValueError(f"shard {shard_coords} of {encoding.shape} needs data of shape {expected}, got {data.shape}")
     store, key = array.store_path.store, shard_key(array, shard_coords)
-    blob = encode_shard(encoding, data)
+    blob = encode_shard(encoding, data, out)
     if blob is None:
         sync(store.delete(key))
         return 0
-    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(blob)))
+    sync(store.set(key, default_buffer_prototype().buffer.from_array_like(blob)))
     return len(blob)
 
 
-def encode_shard(encoding: ShardEncoding, data: np.ndarray) -> bytes | None:
-    """The shard object for `data` (its region of the array), or None when every chunk is fill."""
+def output_buffer(encoding: ShardEncoding) -> np.ndarray:
+    """A buffer that holds any shard object of `encoding`: each chunk's Blosc frame is at most its
+    raw size plus MAX_OVERHEAD, then the index and its crc32c. Reused, it spares a writer fresh pages."""
+    n_chunks = int(np.prod(encoding.chunks_per_shard))
+    chunk_bytes = int(np.prod(encoding.chunk_shape)) * encoding.dtype.itemsize
+    return np.empty(n_chunks * (chunk_bytes + MAX_OVERHEAD) + 16 * n_chunks + 4, dtype=np.uint8)
+
+
+def encode_shard(encoding: ShardEncoding, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+    """The shard object for `data` (its region of the array) as a uint8 view of `out`, or None when
+    every chunk is fill."""
     data = np.asarray(data, dtype=encoding.dtype)
+    out = output_buffer(encoding) if out is None else out
     cps = encoding.chunks_per_shard
     index = np.full(cps + (2,), EMPTY, dtype="<u8")
-    parts, offset = [], 0
+    offset, scratch = 0, np.empty(encoding.chunk_shape, dtype=encoding.dtype)
     for coords in morton_order_iter(cps):
-        blob = encode_chunk(encoding, _chunk_of(encoding, data, coords))
+        blob = encode_chunk(encoding, _chunk_of(encoding, data, coords, scratch))
         if blob is None:
             continue
         index[coords] = (offset, len(blob))
-        parts.append(blob)
+        out[offset:offset + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
         offset += len(blob)
-    if not parts:
+    if not offset:
         return None
-    index_bytes = index.tobytes()
-    crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
-    return b"".join(parts) + index_bytes + crc
+    index_bytes = index.reshape(-1).view(np.uint8)
+    out[offset:offset + index_bytes.size] = index_bytes
+    end = offset + index_bytes.size
+    out[end:end + 4] = np.array([google_crc32c.value(index_bytes.tobytes())], dtype="<u4").view(np.uint8)
+    return out[:end + 4]
 
 
-def _chunk_of(encoding: ShardEncoding, data: np.ndarray, coords: tuple[int, ...]) -> np.ndarray | None:
-    """Inner chunk `coords` of the shard, C-contiguous; padded with the fill value past the array's
-    end as zarr pads it; None when it lies wholly past the end (all fill, so never written)."""
+def _chunk_of(encoding: ShardEncoding, data: np.ndarray, coords: tuple[int, ...],
+              scratch: np.ndarray) -> np.ndarray | None:
+    """Inner chunk `coords` of the shard, C-contiguous (copied into `scratch` when it is not); padded
+    with the fill value past the array's end as zarr pads it; None when wholly past the end (all
+    fill, so never written). One scratch buffer per shard: no fresh pages to fault in per chunk."""
     region = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, encoding.chunk_shape))
     block = data[region]
     if block.shape == encoding.chunk_shape:
-        return np.ascontiguousarray(block)
+        if block.flags.c_contiguous:
+            return block
+        np.copyto(scratch, block)
+        return scratch
     if 0 in block.shape:
         return None
-    padded = np.full(encoding.chunk_shape, encoding.fill_value, dtype=encoding.dtype)
-    padded[tuple(slice(0, n) for n in block.shape)] = block
-    return padded
+    scratch.fill(encoding.fill_value)
+    scratch[tuple(slice(0, n) for n in block.shape)] = block
+    return scratch
 
 
 def encode_chunk(encoding: ShardEncoding, chunk: np.ndarray | None) -> bytes | None:

@@ -116,6 +116,7 @@ class VolumeWriter:
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
         self._encoding = shard_writer.encoding_of(self._array)  # None: write through zarr
+        self._out: np.ndarray | None = None  # the shard objects' bytes, reused
         self._slab = np.zeros(layout.slab_shape, dtype=layout.dtype)
         self._in_flight: np.ndarray | None = None  # the slab being written, refilled two shards on
         self._filled = 0
@@ -167,7 +168,9 @@ class VolumeWriter:
             # zarr's path: an unsupported array, or a short volume's last, part-filled shard
             self._array[(t, slice(z0, z0 + len(planes))) if four_d else slice(z0, z0 + len(planes))] = planes
             return
-        shard_writer.write_shard(self._array, self._encoding, coords, block)
+        if self._out is None:  # only this writer's one flusher thread uses it
+            self._out = shard_writer.output_buffer(self._encoding)
+        shard_writer.write_shard(self._array, self._encoding, coords, block, self._out)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -181,7 +184,7 @@ class VolumeWriter:
     def abort(self) -> None:
         """Stop without writing what is buffered (the caller removes the partial volume)."""
         self._flusher.shutdown(wait=True, cancel_futures=True)
-        self._pending, self._slab, self._in_flight = None, np.zeros(0), None
+        self._pending, self._slab, self._in_flight, self._out = None, np.zeros(0), None, None
 
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
@@ -193,5 +196,5 @@ class VolumeWriter:
         written = self._t * self.layout.n_slices + self._z0
         if written != self.layout.n_volumes * self.layout.n_slices:
             raise RuntimeError(f"{self.uri}: wrote {written} slices of {self.layout.n_volumes * self.layout.n_slices}")
-        self._slab, self._in_flight = np.zeros(0), None
+        self._slab, self._in_flight, self._out = np.zeros(0), None, None
         return written
