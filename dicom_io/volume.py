@@ -100,7 +100,8 @@ class VolumeWriter:
     """Write a volume's slices in z order (volume after volume for 4D), one full shard at a time.
 
     A full shard is encoded and written on a background thread while the next one fills,
-    so decoding and Blosc encoding overlap; at most two shard buffers exist at once. Shards are
+    so decoding and Blosc encoding overlap; two slab buffers take turns (plus one for the encoded
+    object, touched only as far as the compressed size). Shards are
     written as whole objects by `shard_writer` (the bytes zarr would write, at less CPU); an array
     it does not support goes through zarr's own `array[region] = slab`.
     """
