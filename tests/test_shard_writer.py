@@ -60,11 +60,17 @@ def _float_specials(layout: volume.VolumeLayout, data: np.ndarray) -> np.ndarray
     return data
 
 
+def _incompressible(layout: volume.VolumeLayout, data: np.ndarray) -> np.ndarray:
+    """Full-entropy bytes: Blosc frames at their largest, the bound of shard_writer.output_buffer."""
+    return np.random.default_rng(5).integers(0, 256, size=data.shape, dtype=np.uint8)
+
+
 CASES = {
     "int16 partial final shard": (choose_layout(70, 300, 260, "int16"), None),
     "int16 four shards, buffers reused": (choose_layout(200, 40, 30, "int16"), None),
     "uint8 3x4 chunks per plane": (choose_layout(40, 600, 520, "uint8"), None),
     "float32": (choose_layout(40, 64, 48, "float32"), _float_specials),
+    "uint8 incompressible": (choose_layout(70, 64, 48, "uint8"), _incompressible),
     "colour c=3": (choose_layout(20, 64, 48, "uint8", channels=3), None),
     "4d t,z,y,x": (choose_layout(70, 40, 30, "int16", n_volumes=2), None),
     "zero chunks and a zero shard": (choose_layout(70, 300, 260, "int16"), _with_zero_chunks),
