@@ -5,15 +5,19 @@
 Synthetic 512x512 int16 CT (an ellipse of soft tissue with noise in -1000 HU air), written to a
 temporary LocalStore by VolumeWriter one slice at a time; CPU is process_time (both threads, not
 other load), best of --repeats. Rows: Blosc zstd-3 bitshuffle alone on the inner chunks (the floor),
-VolumeWriter through zarr's `array[region] = slab` (before, issue #12), VolumeWriter through
+VolumeWriter forced onto zarr's `array[region] = slab` (before, issue #12), VolumeWriter through
 dicom_io/shard_writer.py (after).
 
-Measured 2026-12-01 on 2 cores shared with other jobs (load average 5-9, so Blosc alone costs
-2.0 ms here, not the 0.77 ms of issue #12), zarr 3.1.6, numcodecs 0.16.6, 256 slices, best of 5:
-    blosc alone 2.05 ms, zarr-python 2.58 ms, shard_writer 2.46 ms per slice
-i.e. what the writer adds to Blosc fell from 0.53 to 0.41 ms. Best of 5 by getrusage, 192 slices,
-main's VolumeWriter vs this one: user 2.38 -> 2.16 ms, sys 0.07 -> 0.10 ms, Blosc alone 2.04 ms.
-Under this load run-to-run spread is about 0.3 ms; rerun on an idle machine for firm figures.
+Measured 2026-12-01 on 2 cores shared with other jobs (so Blosc alone costs 1.9-2.4 ms here, not
+the 0.77 ms of issue #12), zarr 3.1.6, numcodecs 0.16.6, 256 slices, best of 5, three runs:
+    blosc alone   2.05  2.39  1.89 ms per slice
+    zarr-python   2.58  3.34  2.93 ms   (adds 0.53  0.95  1.04 ms to Blosc)
+    shard_writer  2.46  2.57  2.37 ms   (adds 0.41  0.18  0.48 ms)
+getrusage, 192 slices, best of 7, main's VolumeWriter -> this one: user 3.19 -> 2.48 ms, sys 0.13 ->
+0.07 ms, minor page faults 0.33 -> 0.22 a slice (Blosc alone: 2.43 ms). Spread run to run is about
+0.3 ms under this load: rerun on an idle machine for firm figures. valgrind (callgrind) counts the
+same user-space instructions per slice for both writers (36.5M and 36.9M, Blosc alone 36.1M): what
+is saved is memory traffic (zarr fills, copies and compares each chunk) and thread hops.
 """
 
 from __future__ import annotations
