@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from dicom_io import storage
+from dicom_io import shard_writer, storage
 from dicom_io.errors import StorageError
 
 ARRAY_NAME = "0"
@@ -100,7 +100,10 @@ class VolumeWriter:
     """Write a volume's slices in z order (volume after volume for 4D), one full shard at a time.
 
     A full shard is encoded and written on a background thread while the next one fills,
-    so decoding and Blosc encoding overlap; at most two shard buffers exist at once.
+    so decoding and Blosc encoding overlap; two slab buffers take turns (plus one for the encoded
+    object, touched only as far as the compressed size). Shards are
+    written as whole objects by `shard_writer` (the bytes zarr would write, at less CPU); an array
+    it does not support goes through zarr's own `array[region] = slab`.
     """
 
     def __init__(self, uri: str, layout: VolumeLayout, attributes: dict[str, Any],
@@ -113,7 +116,10 @@ class VolumeWriter:
             self._array = self._create(group, layout, compression_level)
         except OSError as exc:
             raise StorageError(f"cannot write {uri}: {exc}") from exc
+        self._encoding = shard_writer.encoding_of(self._array)  # None: write through zarr
+        self._out: np.ndarray | None = None  # the shard objects' bytes, reused
         self._slab = np.zeros(layout.slab_shape, dtype=layout.dtype)
+        self._in_flight: np.ndarray | None = None  # the slab being written, refilled two shards on
         self._filled = 0
         self._t, self._z0 = 0, 0  # where the slab starts
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="dicomflow-shard")
@@ -142,15 +148,30 @@ class VolumeWriter:
     def _flush(self) -> None:
         if not self._filled:
             return
-        self._wait()
+        self._wait()  # the buffer of the shard before is free again
         full, z0, z1 = self._slab, self._z0, self._z0 + self._filled
-        region = (self._t, slice(z0, z1)) if self.layout.n_volumes > 1 else slice(z0, z1)
-        self._pending = self._flusher.submit(self._array.__setitem__, region, full[: self._filled])
+        self._pending = self._flusher.submit(self._write, self._t, z0, full[: self._filled])
         last = self._t == self.layout.n_volumes - 1 and z1 == self.layout.n_slices
-        self._slab = full if last else np.zeros(self.layout.slab_shape, dtype=self.layout.dtype)
+        if not last:  # two buffers in turn: no 32 MB of fresh pages to fault in per shard
+            spare = self._in_flight
+            self._slab = spare if spare is not None else np.empty(self.layout.slab_shape, dtype=self.layout.dtype)
+        self._in_flight = full
         self._z0, self._filled = z1, 0
         if z1 == self.layout.n_slices and not last:
             self._t, self._z0 = self._t + 1, 0
+
+    def _write(self, t: int, z0: int, planes: np.ndarray) -> None:
+        """Write one shard's planes, starting at slice z0 (a shard boundary) of volume t."""
+        four_d = self.layout.n_volumes > 1
+        coords = ((t,) if four_d else ()) + (z0 // self.layout.slab_shape[0],) + (0,) * (planes.ndim - 1)
+        block = planes[np.newaxis] if four_d else planes
+        if self._encoding is None or block.shape != shard_writer.shard_extent(self._encoding, coords):
+            # zarr's path: an unsupported array, or a short volume's last, part-filled shard
+            self._array[(t, slice(z0, z0 + len(planes))) if four_d else slice(z0, z0 + len(planes))] = planes
+            return
+        if self._out is None:  # only this writer's one flusher thread uses it
+            self._out = shard_writer.output_buffer(self._encoding)
+        shard_writer.write_shard(self._array, self._encoding, coords, block, self._out)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -164,7 +185,7 @@ class VolumeWriter:
     def abort(self) -> None:
         """Stop without writing what is buffered (the caller removes the partial volume)."""
         self._flusher.shutdown(wait=True, cancel_futures=True)
-        self._pending, self._slab = None, np.zeros(0)
+        self._pending, self._slab, self._in_flight, self._out = None, np.zeros(0), None, None
 
     def close(self) -> int:
         """Write the last partial shard; refuse if fewer slices came than the shape declares."""
@@ -176,5 +197,5 @@ class VolumeWriter:
         written = self._t * self.layout.n_slices + self._z0
         if written != self.layout.n_volumes * self.layout.n_slices:
             raise RuntimeError(f"{self.uri}: wrote {written} slices of {self.layout.n_volumes * self.layout.n_slices}")
-        self._slab = np.zeros(0)
+        self._slab, self._in_flight, self._out = np.zeros(0), None, None
         return written
