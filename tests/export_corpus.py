@@ -132,3 +132,11 @@ def dcm2niix(folder: Path, scratch: Path) -> Path:
     plain = [p for p in sorted(scratch.iterdir()) if re.fullmatch(r"\d+_\d+\.nii", p.name)]
     assert len(plain) == 1, (os.listdir(scratch), proc.stdout)
     return plain[0]
+
+
+def exports_table(to) -> dict[str, dict]:
+    """The exports table of an export folder, by series key."""
+    from dicom_io import schemas, tables
+
+    rows = tables.read_shards(schemas.export_prefix(str(to), schemas.EXPORTS_PREFIX), schemas.EXPORT_SCHEMA)
+    return {r["series_key"]: r for r in rows.to_pylist()}

@@ -17,13 +17,11 @@ from dicom_io import export_hdf5, export_nifti, readers, schemas, tables
 from pipelines import export
 from pipelines.convert import run as convert
 from tests.conftest import RUNNER_ARGS
-from tests.export_corpus import export_src, dcm2niix  # noqa: F401  (session fixture)
+from tests.export_corpus import exports_table, export_src, dcm2niix  # noqa: F401  (session fixture)
 from tests.test_crosscheck import Nifti, _all_voxels, _nifti_indices, read_nifti
 
 
-def _exports(to) -> dict[str, dict]:
-    rows = tables.read_shards(schemas.export_prefix(str(to), schemas.EXPORTS_PREFIX), schemas.EXPORT_SCHEMA)
-    return {r["series_key"]: r for r in rows.to_pylist()}
+_exports = exports_table
 
 
 @pytest.fixture(scope="module")

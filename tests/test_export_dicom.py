@@ -21,16 +21,14 @@ from pipelines import export
 from pipelines.convert import run as convert
 from tests import synthetic
 from tests.conftest import RUNNER_ARGS, all_files
-from tests.export_corpus import ORIGIN, SERIES, dcm2niix, export_src  # noqa: F401  (session fixture)
+from tests.export_corpus import ORIGIN, SERIES, dcm2niix, export_src, exports_table  # noqa: F401  (session fixture)
 from tests.test_crosscheck import _all_voxels, _dcm2niix_binary, _nifti_indices, read_nifti
 
 ROUND_TRIP = ["axial", "oblique", "tilted", "irregular", "float", "pet", "mr", "rgb", "monochrome1", "dx",
               "CT_small.dcm", "MR_small.dcm", "693_UNCI.dcm", "MR2_UNCI.dcm"]
 
 
-def _exports(to) -> dict[str, dict]:
-    rows = tables.read_shards(schemas.export_prefix(str(to), schemas.EXPORTS_PREFIX), schemas.EXPORT_SCHEMA)
-    return {r["series_key"]: r for r in rows.to_pylist()}
+_exports = exports_table
 
 
 @pytest.fixture(scope="module")
