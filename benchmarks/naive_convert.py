@@ -26,7 +26,6 @@ import numpy as np
 import pydicom
 import zarr
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
 from zarr.codecs import BloscCodec, BloscShuffle
 
 CHUNKS = (16, 256, 256)
@@ -56,23 +55,24 @@ def slice_z(ds: pydicom.Dataset) -> float:
 
 
 def to_output_dtype(volume: np.ndarray) -> np.ndarray:
-    """int16 when the rescaled values are integers within int16 range, else float32."""
-    if volume.dtype.kind in "iu":
-        return volume
-    if (
-        volume.size
-        and volume.min() >= np.iinfo(np.int16).min
-        and volume.max() <= np.iinfo(np.int16).max
-        and np.array_equal(volume, np.rint(volume))
-    ):
+    """int16 when every value is an integer that fits (the CT case), else float32."""
+    info = np.iinfo(np.int16)
+    if volume.size and volume.min() >= info.min and volume.max() <= info.max and (
+            volume.dtype.kind in "iu" or np.array_equal(volume, np.rint(volume))):
         return volume.astype(np.int16)
     return volume.astype(np.float32)
 
 
 def load_volume(paths: Sequence[str]) -> np.ndarray:
-    """Read every file, sort by z and stack the rescaled pixel arrays into (z, y, x)."""
+    """Read every file, sort by z, stack the pixel arrays into (z, y, x), rescale once per volume
+    (integer arithmetic when slope and intercept are integers, as for CT: what a careful script does)."""
     datasets = sorted((pydicom.dcmread(p) for p in paths), key=slice_z)
-    return to_output_dtype(np.stack([apply_modality_lut(ds.pixel_array, ds) for ds in datasets]))
+    stack = np.stack([ds.pixel_array for ds in datasets])
+    slope = float(datasets[0].get("RescaleSlope", 1) or 1)
+    intercept = float(datasets[0].get("RescaleIntercept", 0) or 0)
+    if slope.is_integer() and intercept.is_integer():
+        return to_output_dtype(stack.astype(np.int32) * int(slope) + int(intercept))
+    return to_output_dtype(stack * slope + intercept)
 
 
 def write_volume(volume: np.ndarray, path: str | os.PathLike) -> None:
