@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dicom_io import schemas, storage, tables
 
@@ -54,7 +53,8 @@ def iter_rows(uri: str) -> Iterator[dict[str, Any]]:
     try:
         with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
             if uri.lower().endswith(".parquet"):
-                batches = (b.to_pylist() for b in pq.ParquetFile(fp).iter_batches(STREAM_BATCH_ROWS))
+                batches = (b.to_pylist() for b in
+                           tables.stream_parquet(fp).iter_batches(STREAM_BATCH_ROWS, use_threads=False))
                 rows: Iterable[dict[str, Any]] = (row for batch in batches for row in batch)
             else:
                 rows = csv.DictReader(io.TextIOWrapper(fp, encoding="utf-8-sig", newline=""))

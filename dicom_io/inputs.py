@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 import pyarrow.parquet as pq
 
 from dicom_io import storage
+from dicom_io.tables import stream_parquet
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 GLOB_CHARS = set("*?[")
@@ -98,7 +99,7 @@ def manifest_pieces(pattern: str) -> list[ManifestPiece]:
         groups = 1
         if uri.lower().endswith(".parquet"):
             with storage.open_read(uri, block_size=1024 * 1024) as fp:
-                groups = max(1, pq.ParquetFile(fp).metadata.num_row_groups)
+                groups = max(1, stream_parquet(fp).metadata.num_row_groups)
         pieces += [ManifestPiece(uri, order, group) for group in range(groups)]
     return pieces
 
@@ -108,11 +109,11 @@ def _piece_rows(piece: ManifestPiece, names: list[str]) -> Iterator[list]:
     uri = piece.uri
     if uri.lower().endswith(".parquet"):
         with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:
-            parquet = pq.ParquetFile(fp)
+            parquet = stream_parquet(fp)
             _check_columns(uri, parquet.schema_arrow.names, names)
             if parquet.metadata.num_row_groups == 0:
                 return
-            table = parquet.read_row_group(piece.row_group, columns=names)
+            table = parquet.read_row_group(piece.row_group, columns=names, use_threads=False)
             yield from zip(*(table.column(name).to_pylist() for name in names))
         return
     with storage.open_read(uri, block_size=8 * 1024 * 1024) as fp:

@@ -161,6 +161,12 @@ def read_parquet(uri: str, schema: pa.Schema | None = None) -> pa.Table:
     return decode_parquet(storage.read_bytes(uri), schema)
 
 
+def stream_parquet(fp) -> pq.ParquetFile:
+    """A Parquet file too big to copy whole (a manifest), read from a Python file in the calling
+    thread only: no pre-buffering, and callers read with use_threads=False (see read_parquet)."""
+    return pq.ParquetFile(fp, pre_buffer=False)
+
+
 def decode_parquet(data: bytes, schema: pa.Schema | None = None) -> pa.Table:
     """A Parquet file's bytes as a table, decoded from an Arrow-owned copy in this thread (see read_parquet)."""
     sink = pa.BufferOutputStream()

@@ -15,6 +15,8 @@ JOBS = {
     "manifest": "header-only crawl: one row per file, per series, optional every tag and convert shards",
     "verify": "re-check a converted OUT against its sources; HTML report; exit 1 on any failure",
     "dataset": "join a converted OUT with reports or labels into ML datasets, split by patient",
+    "export": "converted volumes back to DICOM (and SEG), or to NIfTI or HDF5",
+    "aggregate": "summary tables of an OUT rebuilt from the parts of by-hand shard runs",
 }
 
 

@@ -81,7 +81,9 @@ def test_console_scripts_and_the_umbrella_command_share_the_help():
     umbrella = subprocess.run([os.path.join(BIN, "dicomflow"), "manifest", "--help"], capture_output=True, text=True)
     assert umbrella.returncode == 0 and "--all_tags" in umbrella.stdout and "usage: dicomflow manifest" in umbrella.stdout
     listing = subprocess.run([os.path.join(BIN, "dicomflow"), "--help"], capture_output=True, text=True)
-    assert listing.returncode == 0 and all(job in listing.stdout for job in JOBS)
+    assert listing.returncode == 0 and all(job in listing.stdout for job in (*JOBS, "export", "aggregate"))
+    export = subprocess.run([os.path.join(BIN, "dicomflow"), "export", "--help"], capture_output=True, text=True)
+    assert export.returncode == 0 and "usage: dicomflow export" in export.stdout
     wrong = subprocess.run([os.path.join(BIN, "dicomflow"), "convrt"], capture_output=True, text=True)
     assert wrong.returncode == 2 and _first_line(wrong) == "dicomflow: unknown job 'convrt' (did you mean convert?)"
 
