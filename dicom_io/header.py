@@ -49,6 +49,7 @@ class FrameInfo:
     orientation: tuple[float, float, float, float, float, float] | None
     rescale: tuple[float, float]  # (slope, intercept) from PixelValueTransformationSequence
     volume: Values = ()  # attributes.VOLUME_ATTRIBUTES of this frame
+    philips_scale: float | None = None  # (2005,100E) ScaleSlope in this frame's Philips group (2005,140F)
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,23 @@ def _frame_info(fg: pydicom.Dataset | None, shared: pydicom.Dataset | None, inst
         rescale=(_num(transform, "RescaleSlope", float, 1.0), _num(transform, "RescaleIntercept", float, 0.0))
         if transform is not None else (1.0, 0.0),
         volume=attributes.frame_values(group, instance),
+        philips_scale=_philips_frame_scale(fg),
     )
+
+
+PHILIPS_PER_FRAME_GROUP = 0x2005140F  # (2005,140F) Philips private per-frame sequence of enhanced MR
+
+
+def _philips_frame_scale(fg: pydicom.Dataset | None) -> float | None:
+    """The frame's (2005,100E) ScaleSlope, kept in its Philips private group (as dcm2niix reads it)."""
+    if fg is None or PHILIPS_PER_FRAME_GROUP not in fg._dict:
+        return None
+    items = fg[PHILIPS_PER_FRAME_GROUP].value
+    if not isinstance(items, pydicom.Sequence) or not items:
+        return None
+    item = items[0]
+    return _philips_scale({PHILIPS_SCALE_SLOPE: item[PHILIPS_SCALE_SLOPE].value}) \
+        if PHILIPS_SCALE_SLOPE in item._dict else None
 
 
 def enhanced_frames(ds: pydicom.Dataset, instance: Values = ()) -> tuple[FrameInfo, ...] | None:

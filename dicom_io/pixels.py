@@ -271,20 +271,40 @@ def _palette_to_rgb8(rgb: np.ndarray) -> np.ndarray:
 PHILIPS_SCALINGS = ("dv", "fp")  # --philips_scaling: displayed values (DICOM's rescale) or floating point
 
 
-def philips_fp_factor(h: InstanceHeader) -> float | None:
-    """FP = DV / (RS x SS) (Philips' floating-point values, as dcm2niix's -p n): the factor from the
-    displayed value, with RS (0028,1053) RescaleSlope and SS (2005,100E) ScaleSlope; None when
-    not a Philips instance with both (enhanced files keep per-frame values elsewhere: not handled)."""
+def philips_fp_factor(h: InstanceHeader, frame: int = 0) -> float | None:
+    """FP = DV / (RS x SS) (Philips' floating-point values, dcm2niix's default `-p y`): the factor
+    from the displayed value of `frame`, with RS the RescaleSlope and SS the Philips ScaleSlope
+    (2005,100E), both per frame in enhanced files (Pixel Value Transformation and the private
+    group (2005,140F)); None when not a Philips image with both."""
     manufacturer = str(h.series_tags.get("Manufacturer") or "").upper()
-    if "PHILIPS" not in manufacturer or not h.philips_scale or not h.rescale_slope or h.frames:
+    if "PHILIPS" not in manufacturer:
         return None
-    return 1.0 / (h.rescale_slope * h.philips_scale)
+    if h.frames:
+        info = h.frames[frame]
+        slope, scale = info.rescale[0], info.philips_scale
+    else:
+        slope, scale = h.rescale_slope, h.philips_scale
+    if not scale or not slope:
+        return None
+    return 1.0 / (slope * scale)
 
 
 def scaled(values: np.ndarray, h: InstanceHeader, scaling: str) -> np.ndarray:
-    """Decoded (DV) values as --philips_scaling asks: unchanged for dv, FP for fp where it applies."""
-    factor = philips_fp_factor(h) if scaling == "fp" else None
-    return values if factor is None else values.astype(np.float64) * factor
+    """Decoded (DV) values as --philips_scaling asks: unchanged for dv, FP for fp where it applies
+    (per frame: the frames of one enhanced file may have their own factors)."""
+    if scaling != "fp":
+        return values
+    if not h.frames:
+        factor = philips_fp_factor(h)
+        return values if factor is None else values.astype(np.float64) * factor
+    factors = [philips_fp_factor(h, i) for i in range(min(len(h.frames), len(values)))]
+    if not any(factors):
+        return values
+    out = values.astype(np.float64)
+    for i, factor in enumerate(factors):
+        if factor is not None:
+            out[i] *= factor
+    return out
 
 
 # Integer volumes start as int16 and are redone one step wider when a decoded value does not fit.

@@ -397,7 +397,7 @@ def merge_4d(series_uid: str, stacks: Sequence[StackPlan], four_d: bool = True) 
 
 def with_philips_scaling(stack: StackPlan, scaling: str) -> StackPlan:
     """Record --philips_scaling on a stack it applies to; FP values are never integers: float32."""
-    if not any(pixels.philips_fp_factor(s.header) for s in stack.slices):
+    if not any(pixels.philips_fp_factor(s.header, s.frame if s.header.frames else 0) for s in stack.slices):
         return stack
     return replace(stack, philips_scaling=scaling, dtype="float32" if scaling == "fp" else stack.dtype)
 

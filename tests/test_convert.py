@@ -161,6 +161,51 @@ def test_philips_scaling_dv_is_the_dicom_rescale_and_fp_divides_by_rs_times_ss(t
     assert verify.check_sources(slices, "float32", 2**30).failed == len(slices)
 
 
+def test_philips_scaling_fp_of_an_enhanced_file_is_per_frame(tmp_path):
+    """Enhanced Philips MR keeps RS per frame (Pixel Value Transformation) and SS per frame in its
+    private group (2005,140F), as IM_0027_fMAP of dcm2niix's dcm_qa_enh does (a magnitude and a
+    field map in one file, each with its own factors): FP is computed frame by frame."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as Seq
+
+    spec = synthetic.SeriesSpec(series_uid=synthetic.uid_from("philips-enh"), study_uid=synthetic.uid_from("st"),
+                                patient_id="P", modality="MR", positions=synthetic.axial_positions(3, 2.0),
+                                iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0), rows=8, cols=8)
+    path = str(tmp_path / "in" / "enh.dcm")
+    os.makedirs(os.path.dirname(path))
+    expected_pv = synthetic.write_enhanced_mr(path, spec, (5.0, 10.0), seed=3)
+    factors = {5.0: (1.5, -4.0, 8.0), 10.0: (0.25, 2.0, 0.5)}  # echo -> RS, RI, SS
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer = "Philips Medical Systems"
+    for fg in ds.PerFrameFunctionalGroupsSequence:
+        rs, ri, ss = factors[float(fg.MREchoSequence[0].EffectiveEchoTime)]
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = str(rs), str(ri), "US"
+        fg.PixelValueTransformationSequence = Seq([transform])
+        private = Dataset()
+        private.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", ss)
+        fg.add_new(0x20050014, "LO", "Philips MR Imaging DD 005")  # the creator of (2005,14xx), as Philips writes it
+        fg.private_block(0x2005, "Philips MR Imaging DD 005").add_new(0x0F, "SQ", Seq([private]))
+    ds.save_as(path)
+    [header] = headers_of([path])
+    assert {(f.rescale[0], f.philips_scale) for f in header.frames} == {(1.5, 8.0), (0.25, 0.5)}
+    volumes, echoes = {}, {}
+    for scaling in ("dv", "fp"):
+        [stack] = plan_series(header.series_instance_uid, [header], philips_scaling=scaling).stacks
+        result = convert_stack(stack, ConvertSettings(output=str(tmp_path / scaling), philips_scaling=scaling))
+        assert result.series["status"] == "converted", result.series
+        volumes[scaling] = volume_of(result)
+        record = json.loads(open(tmp_path / scaling / "series" / f"{result.series['series_key']}.json").read())
+        echoes[scaling] = [v["echo_time"] for v in record["volumes"]]
+    assert echoes["dv"] == echoes["fp"] and sorted(echoes["fp"]) == [5.0, 10.0]
+    assert volumes["fp"].dtype == np.float32 and volumes["fp"].shape == (2, 3, 8, 8)
+    for t, echo in enumerate(echoes["fp"]):
+        rs, ri, ss = factors[echo]
+        dv = expected_pv[echo] * rs + ri
+        assert np.array_equal(volumes["dv"][t], dv)
+        assert np.allclose(volumes["fp"][t], dv / (rs * ss), rtol=1e-6)
+
+
 def test_philips_scaling_leaves_other_vendors_alone(tmp_path):
     paths = sorted(os.path.join(CT5N, f) for f in os.listdir(CT5N))
     headers = headers_of(paths)
