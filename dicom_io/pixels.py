@@ -87,36 +87,70 @@ def native_eligible(h: InstanceHeader) -> bool:
 
 
 def read_native(fp: IO[bytes], h: InstanceHeader) -> np.ndarray:
-    """Stored values of a native PixelData as pydicom gives them (unused high bits corrected)."""
+    """Stored values of a native PixelData as pydicom gives them (unused high bits corrected),
+    read straight into the array's own memory (one copy from the file, none afterwards)."""
     nbytes = declared_bytes(h)
     fp.seek(h.pixel_offset)
-    raw = fp.read(nbytes)
-    if len(raw) < nbytes:
-        raise DecodeError(f"decode error: pixel data shorter than declared ({len(raw)} of {nbytes} bytes)")
-    order = ">" if h.transfer_syntax_uid == "1.2.840.10008.1.2.2" else "<"
-    kind = "i" if h.pixel_representation else "u"
-    arr = np.frombuffer(raw, dtype=f"{order}{kind}{h.bits_allocated // 8}").astype(f"={kind}{h.bits_allocated // 8}")
+    kind, size = ("i" if h.pixel_representation else "u"), h.bits_allocated // 8
+    big_endian = h.transfer_syntax_uid == "1.2.840.10008.1.2.2"
+    arr = np.empty(nbytes // size, dtype=f"{'>' if big_endian else '<'}{kind}{size}")
+    got = _read_into(fp, memoryview(arr.view(np.uint8)))
+    if got < nbytes:
+        raise DecodeError(f"decode error: pixel data shorter than declared ({got} of {nbytes} bytes)")
+    if not arr.dtype.isnative:
+        arr = arr.astype(f"={kind}{size}")
     shift = h.bits_allocated - h.bits_stored
-    if shift:  # PS3.5 8.1.1: unused bits carry no meaning; same shift pydicom applies
+    if shift and kind == "u":  # PS3.5 8.1.1: unused bits carry no meaning (pydicom clears them too)
+        np.bitwise_and(arr, (1 << h.bits_stored) - 1, out=arr)
+    elif shift:  # signed: the shift pair also extends the sign bit
         np.left_shift(arr, shift, out=arr)
         np.right_shift(arr, shift, out=arr)
     return arr.reshape(h.number_of_frames, h.rows, h.columns)
 
 
-def rescale(stored: np.ndarray, h: InstanceHeader) -> np.ndarray:
+def _read_into(fp: IO[bytes], view: memoryview) -> int:
+    """Fill `view` from `fp` (readinto where the file object has it); the bytes read."""
+    readinto = getattr(fp, "readinto", None)
+    got = 0
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            chunk = fp.read(len(view) - got)
+            n = len(chunk)
+            view[got:got + n] = chunk
+        if not n:
+            break
+        got += n
+    return got
+
+
+def stored_range(h: InstanceHeader) -> tuple[int, int]:
+    """The values (0028,0101) BitsStored and (0028,0103) PixelRepresentation allow: what read_native
+    gives (it clears the unused high bits)."""
+    bits = h.bits_stored
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if h.pixel_representation else (0, (1 << bits) - 1)
+
+
+def rescale(stored: np.ndarray, h: InstanceHeader, owned: bool = False) -> np.ndarray:
     """(0028,1053) RescaleSlope and (0028,1052) RescaleIntercept, as pydicom's modality LUT does;
-    per frame for enhanced instances (Pixel Value Transformation functional group)."""
+    per frame for enhanced instances (Pixel Value Transformation functional group).
+
+    `owned`: `stored` is read_native's own fresh array, its values within stored_range(h), so the
+    CT case is rescaled in place without a range pass."""
+    known = stored_range(h) if owned else None
     if h.frames:
         planes = [_linear(frame, *info.rescale) for frame, info in zip(stored, h.frames)]
         dtype = np.result_type(*planes)
         return np.stack([p.astype(dtype, copy=False) for p in planes])
-    return _linear(stored, h.rescale_slope, h.rescale_intercept)
+    return _linear(stored, h.rescale_slope, h.rescale_intercept, known, owned)
 
 
-def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+def _linear(stored: np.ndarray, slope: float, intercept: float, known: tuple[int, int] | None = None,
+            owned: bool = False) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
-    fast = _offset_in_int16(stored, slope, intercept)
+    fast = _offset_in_int16(stored, slope, intercept, known, owned)
     if fast is not None:
         return fast
     if float(slope).is_integer() and float(intercept).is_integer() and max(abs(slope), abs(intercept)) < 2**31:
@@ -126,17 +160,27 @@ def _linear(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return stored.astype(np.float64) * slope + intercept  # huge values: inf/overflow caught by to_stored
 
 
-def _offset_in_int16(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
+def _offset_in_int16(stored: np.ndarray, slope: float, intercept: float, known: tuple[int, int] | None = None,
+                     owned: bool = False) -> np.ndarray | None:
     """The CT case (slope 1, integer intercept, every result inside int16) in int16 throughout: the
-    range is known from the stored min and max, so no int32 copy or second range pass is needed."""
+    range is known from the header (`known`) or from the stored min and max, so no int32 copy or
+    second range pass is needed; an `owned` 16-bit array is changed in place."""
     if slope != 1.0 or not float(intercept).is_integer() or stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2:
         return None
     if not stored.size:
         return None
-    lo, hi, offset = int(stored.min()), int(stored.max()), int(intercept)
-    if lo < -32768 or hi > 32767 or lo + offset < -32768 or hi + offset > 32767:
-        return None
-    out = stored.astype(np.int16)
+    offset = int(intercept)
+
+    def fits(lo: int, hi: int) -> bool:
+        return -32768 <= lo and hi <= 32767 and -32768 <= lo + offset and hi + offset <= 32767
+
+    if known is None or not fits(*known):  # 16 stored bits: the values themselves decide
+        if not fits(int(stored.min()), int(stored.max())):
+            return None
+    if owned and stored.dtype.itemsize == 2 and stored.flags.writeable and stored.flags.c_contiguous:
+        out = stored.view(np.int16)  # uint16 values below 2**15 have the same bits as int16
+    else:
+        out = stored.astype(np.int16)
     out += np.int16(offset)
     return out
 
@@ -224,7 +268,7 @@ def decode(fp: IO[bytes], h: InstanceHeader, max_bytes: int = DEFAULT_MAX_PIXEL_
     Siemens mosaic as (images, tile rows, tile cols)."""
     check_size(h, max_bytes)
     if native_eligible(h):
-        return rescale(_planes(read_native(fp, h), h), h)
+        return rescale(_planes(read_native(fp, h), h), h, owned=h.mosaic is None)
     try:
         ds = _dataset(fp, max_bytes)
         ensure_transfer_syntax(ds)

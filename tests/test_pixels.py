@@ -88,7 +88,7 @@ def test_native_fast_path_equals_pydicom_on_every_shipped_native_file():
         ds = pydicom.dcmread(h.source_uri, force=True)
         with open(h.source_uri, "rb") as fp:
             try:
-                fast = pixels.rescale(pixels.read_native(fp, h), h)
+                fast = pixels.rescale(pixels.read_native(fp, h), h, owned=True)  # as decode() does
             except DecodeError:  # e.g. MR_truncated.dcm: then pydicom must refuse it too
                 with pytest.raises(ValueError, match="less than expected"):
                     _ = ds.pixel_array
@@ -102,6 +102,36 @@ def test_native_fast_path_equals_pydicom_on_every_shipped_native_file():
         checked += 1
     assert checked >= 20  # big endian, implicit VR, 8/16/32-bit, signed, BitsStored < BitsAllocated
     assert pydicom_refused == []
+
+
+@pytest.mark.parametrize("signed,bits_stored,intercept", [
+    (0, 12, -1024), (1, 12, -1024), (0, 15, -1024), (1, 16, -1024), (0, 16, -1024), (1, 12, 0), (0, 12, 5000)])
+def test_native_read_and_in_place_rescale_equal_pydicom_with_garbage_high_bits(tmp_path, signed, bits_stored, intercept):
+    """Unused high bits set to garbage (PS3.5 8.1.1 says they mean nothing), values at both ends of
+    the stored range: read_native's masking or sign extension and the in-place int16 rescale give
+    pydicom's values; a range that would overflow int16 is not done in int16."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, signed
+    ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+    rng = np.random.default_rng(bits_stored + signed)
+    lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    values = rng.integers(lo, hi + 1, size=(ds.Rows, ds.Columns))
+    values[0, :2] = lo, hi
+    raw = (values & 0xFFFF).astype(np.uint16)
+    if bits_stored < 16:  # garbage in the unused bits
+        raw |= (rng.integers(0, 1 << (16 - bits_stored), size=raw.shape) << bits_stored).astype(np.uint16)
+    ds.PixelData = raw.tobytes()
+    path = str(tmp_path / "garbage.dcm")
+    ds.save_as(path)
+    with open(path, "rb") as fp:
+        h = read_header(fp, path, os.path.getsize(path))
+        assert pixels.native_eligible(h)
+        ours = pixels.decode(fp, h)[0]
+    reference = apply_modality_lut(pydicom.dcmread(path).pixel_array, pydicom.dcmread(path))
+    assert np.array_equal(ours, reference) and np.array_equal(ours, values + intercept)
+    fits = -32768 <= lo + intercept and hi + intercept <= 32767
+    assert (ours.dtype == np.int16) == (fits or bool(-32768 <= values.min() + intercept
+                                                     and values.max() + intercept <= 32767))
 
 
 DATA_TWINS = [("693_J2KR.dcm", "693_UNCR.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm"), ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),
