@@ -41,7 +41,10 @@ class SliceRef:
     attrs: attributes.Values = ()  # attributes.VOLUME_ATTRIBUTES of this slice
 
     def value(self, name: str) -> Any:
-        return dict(self.attrs).get(name)
+        for key, value in self.attrs:  # a handful of pairs: no dict per call
+            if key == name:
+                return value
+        return None
 
 
 @dataclass(frozen=True)
