@@ -110,7 +110,7 @@ def shard_extent(encoding: ShardEncoding, shard_coords: tuple[int, ...]) -> tupl
 
 
 def write_shard(array: Any, encoding: ShardEncoding, shard_coords: tuple[int, ...], data: np.ndarray,
-                out: np.ndarray | None = None) -> int:
+                out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> int:
     """Write one shard: `data` is the shard's whole region of the array (clipped at the array's end).
 
     `out` (from `output_buffer`) is reused for the object's bytes when given. Returns the object's
@@ -120,7 +120,7 @@ def write_shard(array: Any, encoding: ShardEncoding, shard_coords: tuple[int, ..
     if data.shape != expected:
         raise ValueError(f"shard {shard_coords} of {encoding.shape} needs data of shape {expected}, got {data.shape}")
     store, key = array.store_path.store, shard_key(array, shard_coords)
-    blob = encode_shard(encoding, data, out)
+    blob = encode_shard(encoding, data, out, scratch)
     if blob is None:
         sync(store.delete(key))
         return 0
@@ -136,14 +136,20 @@ def output_buffer(encoding: ShardEncoding) -> np.ndarray:
     return np.empty(n_chunks * (chunk_bytes + MAX_OVERHEAD) + 16 * n_chunks + 4, dtype=np.uint8)
 
 
-def encode_shard(encoding: ShardEncoding, data: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+def chunk_buffer(encoding: ShardEncoding) -> np.ndarray:
+    """A buffer for one inner chunk (encode_shard's scratch)."""
+    return np.empty(encoding.chunk_shape, dtype=encoding.dtype)
+
+
+def encode_shard(encoding: ShardEncoding, data: np.ndarray, out: np.ndarray | None = None,
+                 scratch: np.ndarray | None = None) -> np.ndarray | None:
     """The shard object for `data` (its region of the array) as a uint8 view of `out`, or None when
-    every chunk is fill."""
+    every chunk is fill; `scratch` (chunk_buffer) holds a chunk that is not contiguous in `data`."""
     data = np.asarray(data, dtype=encoding.dtype)
     out = output_buffer(encoding) if out is None else out
     cps = encoding.chunks_per_shard
     index = np.full(cps + (2,), EMPTY, dtype="<u8")
-    offset, scratch = 0, np.empty(encoding.chunk_shape, dtype=encoding.dtype)
+    offset, scratch = 0, chunk_buffer(encoding) if scratch is None else scratch
     for coords in morton_order_iter(cps):
         blob = encode_chunk(encoding, _chunk_of(encoding, data, coords, scratch))
         if blob is None:
