@@ -67,3 +67,45 @@ def test_writer_refuses_a_4d_array_missing_slices(tmp_path):
         writer.append(np.zeros((2, 2), dtype=np.int16))
     with pytest.raises(RuntimeError, match="wrote 7 slices of 8"):
         writer.close()
+
+
+def test_buffer_pool_reuses_by_shape_bounds_what_it_holds_and_refuses_a_double_give():
+    from dicom_io.volume import BufferPool
+
+    pool = BufferPool(max_bytes=3 * 1024)
+    a = pool.take((16, 32), "int16")  # 1 KB
+    b = pool.take((16, 32), "int16")
+    assert a is not b
+    pool.give(a, b)
+    assert pool.held_bytes == 2048
+    taken = {id(pool.take((16, 32), "int16")), id(pool.take((16, 32), "<i2"))}
+    assert taken == {id(a), id(b)}
+    fresh = pool.take((16, 32), "int16")  # empty again: a fresh one
+    assert id(fresh) not in taken
+    assert pool.take((32, 16), "int16").shape == (32, 16)  # another shape never gets those
+    pool.give(a)
+    with pytest.raises(ValueError, match="twice"):
+        pool.give(a)
+    pool.give(np.empty(4096, dtype=np.uint8))  # over max_bytes: dropped, not held
+    assert pool.held_bytes == 1024
+
+
+def test_volumes_written_one_after_another_with_reused_buffers_are_identical(tmp_path):
+    """The second and third writers of a process take the first one's buffers (with its old
+    contents): their volumes must be byte for byte the first one's."""
+    import hashlib
+
+    rng = np.random.default_rng(5)
+    planes = rng.integers(-1000, 1000, size=(70, 64, 64)).astype(np.int16)  # two shards, one partial
+    layout = choose_layout(70, 64, 64, "int16")
+    digests = []
+    for i in range(3):
+        uri = str(tmp_path / f"v{i}.zarr")
+        writer = VolumeWriter(uri, layout, {}, 3)
+        for plane in (planes if i != 1 else planes[::-1])[:70]:
+            writer.append(plane)
+        writer.close()
+        files = sorted(p for p in (tmp_path / f"v{i}.zarr").rglob("*") if p.is_file() and "c" in p.parts)
+        digests.append(hashlib.md5(b"".join(p.read_bytes() for p in files)).hexdigest())
+        assert np.array_equal(zarr.open_group(uri, mode="r")["0"][:], planes if i != 1 else planes[::-1])
+    assert digests[0] == digests[2] != digests[1]
