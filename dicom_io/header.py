@@ -405,18 +405,37 @@ def element_values(ds: pydicom.Dataset) -> dict[str | int, Any]:
     through pydicom (`ds[tag]`), so the values are the same either way (tested on every test file).
     """
     present = ds._dict
+    latin1_text = _latin1_text(present.get(SPECIFIC_CHARACTER_SET))
     values: dict[str | int, Any] = {}
     for key, tag in _RECORD_TAGS:
         element = present.get(tag)
         if element is None:
             continue
-        value = _raw_value(element, tag) if type(element) is RawDataElement else _SLOW
+        value = _raw_value(element, tag, latin1_text) if type(element) is RawDataElement else _SLOW
         values[key] = ds[tag].value if value is _SLOW else value
     return values
 
 
+SPECIFIC_CHARACTER_SET = 0x00080005
+_LATIN1_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100"})  # pydicom decodes both as ISO 8859-1
+
+
+def _latin1_text(element: Any) -> bool:
+    """The dataset's text is ISO 8859-1 (no (0008,0005), the default repertoire, or ISO_IR 100)."""
+    if element is None:
+        return True
+    raw = element.value
+    if isinstance(raw, bytes):
+        raw = raw.decode("iso8859", "replace")
+    if isinstance(raw, str):
+        return raw.strip("\0 ") in _LATIN1_CHARSETS
+    return False  # multi-valued: code extensions, left to pydicom
+
+
 _SLOW = object()  # _raw_value's "let pydicom decode this one"
 _STRING_VRS = frozenset({"CS", "UI", "DA", "TM", "DT", "AS"})  # default repertoire, never the character set
+_SPLIT_TEXT_VRS = frozenset({"SH", "LO", "UC"})  # pydicom.values.convert_text
+_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})  # pydicom.values.convert_single_string
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 _NUMBER_SIZES = {vr: struct.calcsize("=" + f) for vr, f in _NUMBER_FORMATS.items()}
 
@@ -429,19 +448,28 @@ def _dictionary_vr(tag: int) -> str | None:
         vr = dictionary_VR(tag)
     except KeyError:
         return None
-    return vr if vr in _STRING_VRS or vr in _NUMBER_FORMATS or vr in ("DS", "IS") else None
+    simple = _STRING_VRS | _SPLIT_TEXT_VRS | _SINGLE_TEXT_VRS | set(_NUMBER_FORMATS) | {"DS", "IS"}
+    return vr if vr in simple else None
 
 
 _IMPLICIT_VRS = {tag: _dictionary_vr(tag) for _, tag in _RECORD_TAGS if (tag >> 16) % 2 == 0}
 
 
-def _raw_value(raw: RawDataElement, tag: int) -> Any:
-    """The value pydicom 3 gives a raw element of a simple VR (pydicom.values.convert_*), or _SLOW."""
+def _raw_value(raw: RawDataElement, tag: int, latin1_text: bool = False) -> Any:
+    """The value pydicom 3 gives a raw element of a simple VR (pydicom.values.convert_*), or _SLOW;
+    text VRs only when the dataset's character set is ISO 8859-1 (`latin1_text`)."""
     data = raw.value
     if not data:  # deferred or empty: pydicom's empty value rules apply
         return _SLOW
     vr = raw.VR if raw.VR is not None else _IMPLICIT_VRS.get(tag)
     try:
+        if latin1_text and vr in _SPLIT_TEXT_VRS:
+            if b"\x1b" in data:  # an escape sequence: pydicom's decoder
+                return _SLOW
+            items = [item.rstrip("\0 ") for item in data.decode("latin_1").split("\\")]
+            return items[0] if len(items) == 1 else items
+        if latin1_text and vr in _SINGLE_TEXT_VRS:
+            return _SLOW if b"\x1b" in data else data.decode("latin_1").rstrip("\0 ")
         if vr in _NUMBER_FORMATS:
             size = _NUMBER_SIZES[vr]
             if len(data) % size:

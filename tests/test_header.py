@@ -105,6 +105,7 @@ def _test_files():
 
     root = os.path.dirname(get_testdata_file("CT_small.dcm", download=False))
     files = glob.glob(os.path.join(root, "**", "*"), recursive=True)
+    files += glob.glob(os.path.join(os.path.dirname(root), "charset_files", "*.dcm"))  # every character set
     files += glob.glob(os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data", "*"))
     return sorted(f for f in files if os.path.isfile(f))
 
@@ -127,7 +128,7 @@ def _same_value(fast, slow):
 def test_element_values_equal_pydicoms_own_decoding_on_every_test_file():
     """element_values decodes numbers, UIDs, codes and dates from raw bytes itself (a third of the
     record's cost); on every file pydicom-data and nibabel ship, explicit and implicit VR, both
-    endiannesses, the values (and their JSON) are pydicom's."""
+    endiannesses, pydicom's character-set files, the values (and their JSON) are pydicom's."""
     import gzip
     import warnings
 
