@@ -411,7 +411,7 @@ def test_dcm2niix_reads_the_exported_dwi_as_it_reads_the_mosaics(four_d, tmp_pat
     float32: 2.5e-4 mm from dicomflow's positions, which the exported slices carry; `matches` has it)."""
     import nibabel
 
-    from benchmarks.crosscheck_dcm2niix import dicomflow_volumes, matches
+    from benchmarks.crosscheck_dcm2niix import Nifti, dicomflow_volumes, matches
 
     keys, out, to, _, mosaics = four_d
     read = {}
@@ -428,7 +428,7 @@ def test_dcm2niix_reads_the_exported_dwi_as_it_reads_the_mosaics(four_d, tmp_pat
     np.testing.assert_allclose(bvec2, bvec, atol=1e-6)
     np.testing.assert_allclose(affine2, affine, atol=1e-3)
     [volume] = [v for v in dicomflow_volumes(out) if v.key == keys["dwi"][0]]
-    assert matches(data2, affine2, [float(b) for b in bval2], volume) is None
+    assert matches(Nifti(data2, affine2, [float(b) for b in bval2]), volume) is None
 
 
 def test_4d_float_array_is_rescaled_integers_and_seg_is_refused(four_d, tmp_path):

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 import zarr
 
-from benchmarks.crosscheck_dcm2niix import dicomflow_volumes, matches
+from benchmarks.crosscheck_dcm2niix import Nifti, dicomflow_volumes, matches
 from dicom_io import pixels, schemas, storage
 from dicom_io.errors import HeaderError
 from dicom_io.header import read_header
@@ -186,13 +186,13 @@ def test_4d_array_matches_dcm2niix_voxels_affine_bvals_and_bvecs(converted):
     image = nibabel.load(os.path.join(d2n, "dwi.nii"))
     bvals = [float(v) for v in open(os.path.join(d2n, "dwi.bval")).read().split()]
     assert image.shape == (TILE, TILE, N_IMAGES, 2) and bvals == [0.0, 1000.0]
-    assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) is None
-    assert matches(np.asarray(image.dataobj), image.affine, [0.0, 900.0], volume).startswith("b-values")
+    assert matches(Nifti(np.asarray(image.dataobj), image.affine, bvals), volume) is None
+    assert matches(Nifti(np.asarray(image.dataobj), image.affine, [0.0, 900.0]), volume).startswith("b-values")
     shifted = image.affine.copy()
     shifted[:3, 3] += 0.5  # half a voxel off: another grid
-    assert matches(np.asarray(image.dataobj), shifted, bvals, volume) == "other grid"
+    assert matches(Nifti(np.asarray(image.dataobj), shifted, bvals), volume) == "other grid"
     volume.data[5, 6, 7, 1] += 1
-    assert matches(np.asarray(image.dataobj), image.affine, bvals, volume) == "voxels differ"
+    assert matches(Nifti(np.asarray(image.dataobj), image.affine, bvals), volume) == "voxels differ"
     # .bvec (FSL, image axes; dcm2niix flips the row axis, so y changes sign) from diffusion_direction_image
     bvec = np.loadtxt(os.path.join(d2n, "dwi.bvec"))
     record = json.load(open(glob.glob(os.path.join(out4, "series", "*.json"))[0]))
@@ -207,7 +207,7 @@ def test_stacks_3d_flag_writes_one_stack_per_volume_each_a_dcm2niix_volume(conve
     image = nibabel.load(os.path.join(d2n, "dwi.nii"))
     data = np.asarray(image.dataobj)
     for t, volume in enumerate(sorted(dicomflow_volumes(out3), key=lambda v: v.key)):
-        assert matches(data[..., t], image.affine, None, volume) is None
+        assert matches(Nifti(data[..., t], image.affine, None), volume) is None
 
 
 def test_verify_passes_on_the_4d_output(converted):
@@ -261,7 +261,7 @@ def test_nifti_export_of_the_dwi_writes_dcm2niix_voxels_affine_bval_and_bvec(con
     # same voxels on the same grid (dcm2niix's NIfTI has the row axis flipped: a signed permutation), 1e-3 mm
     volume = Volume("ours", np.asarray(ours.dataobj), ours.affine, [float(b) for b in bvals])
     assert ours.shape == reference.shape == (TILE, TILE, N_IMAGES, 2)
-    assert matches(np.asarray(reference.dataobj), reference.affine, [0.0, 1000.0], volume) is None
+    assert matches(Nifti(np.asarray(reference.dataobj), reference.affine, [0.0, 1000.0]), volume) is None
     bvec, reference_bvec = np.loadtxt(stem + ".bvec"), np.loadtxt(os.path.join(d2n, "dwi.bvec"))
     assert bvec.shape == reference_bvec.shape == (3, 2)
     assert np.array_equal(bvec[:, 0], [0, 0, 0]) and np.array_equal(reference_bvec[:, 0], [0, 0, 0])  # b = 0
@@ -277,3 +277,30 @@ def test_nifti_export_of_the_dwi_writes_dcm2niix_voxels_affine_bval_and_bvec(con
     assert np.linalg.det(ours.affine[:3, :3]) > 0 > np.linalg.det(reference.affine[:3, :3])
     np.testing.assert_allclose(bvec, reference_bvec * [[-1], [-1], [1]], atol=1e-4)
     assert schemas.nifti_uri(to, record["series_key"]) == path
+
+
+def test_crosscheck_accepts_dcm2niix_float32_philips_scaling_only_within_its_bound():
+    """dcm2niix stores Philips FP as integers with scl_slope = FP(1) - FP(0) rounded in float32
+    (IM_0027_fMAP's field map: 0.24420166 for the exact 0.24420024). The crosscheck calls such an
+    output a match only when every voxel is within that float32 error; one voxel off by more is not."""
+    from benchmarks.crosscheck_dcm2niix import Volume
+
+    f32 = np.float32
+    rs, ri, ss = f32(0.24420024420024), f32(-500.0), f32(4.095000267028809)
+
+    def fp(pv):  # dcm2niix's PhilipsPreciseVal, in float32
+        return f32(f32(f32(pv) * rs + ri) / f32(rs * ss))
+
+    inter, slope = fp(0), f32(fp(1) - fp(0))
+    stored = np.arange(4096, dtype=np.int16).reshape(16, 16, 16)  # x, y, z
+    theirs = stored.astype(np.float64) * float(slope) + float(inter)
+    exact = (stored.astype(np.float64) * float(rs) + float(ri)) / (float(rs) * float(ss))
+    assert np.abs(theirs - exact).max() > 1e-3  # dcm2niix's value is visibly off...
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nifti = Nifti(theirs, affine, None, stored, float(slope), float(inter))
+    ours = Volume("k", exact.astype(np.float32), affine, None)  # dicomflow's FP, float32
+    why = matches(nifti, ours)
+    assert why is not None and why.startswith("scaling:")  # ...but within its own rounding
+    ours.data[3, 4, 5] += 0.5
+    assert matches(nifti, ours) == "voxels differ"
+    assert matches(Nifti(theirs, affine, None), Volume("k", exact.astype(np.float32), affine, None)) == "voxels differ"
