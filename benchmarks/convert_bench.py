@@ -1,7 +1,7 @@
 """Throughput and peak-memory benchmark: dicomflow vs dcm2niix vs a naive pydicom + zarr loop.
 
     python -m benchmarks.convert_bench --workdir DIR [--bytes 1100000000]
-        [--slices-per-series 250] [--big-series-slices 1000] [--skip-generate]
+        [--slices-per-series 250] [--big-series-slices 1000] [--skip-generate] [--repeat 3]
 
 Run from the repository root (Linux only: memory is sampled from /proc).  Writes the corpora
 to DIR/corpus and DIR/big, outputs to DIR/out/<run>, logs to DIR/logs/<run>.log, and the
@@ -15,12 +15,14 @@ descendant found through the ppid links of /proc/*/stat) is sampled every 0.2 s:
 * peak RSS sum of tree: the largest sum of VmRSS across the tree seen at one sample.
 
 MB is 10**6 bytes throughout; MB/s is input DICOM bytes / wall seconds.  The corpora are
-written just before the runs, so every run reads from a warm page cache.
+written just before the runs, so every run reads from a warm page cache.  Rows run in --repeat
+interleaved rounds and each reports its median round (this 2-core VM moves 10-20 % run to run).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -243,9 +245,12 @@ def default_command(input_dir: Path, output_dir: Path) -> list[str]:
             "--progress", "none"]
 
 
-def run_all(workdir: Path, corpus: Path, big: Path, small: Path, large: Path | None) -> list[RunResult]:
+def run_all(workdir: Path, corpus: Path, big: Path, small: Path, large: Path | None, repeat: int = 1) -> list[RunResult]:
     """Every row, in one run: dicomflow default and Beam multi-process, dcm2niix, the naive loop,
-    start-up on 3 files, one 1000-slice series, and (if generated) the 4 GB linearity corpus."""
+    start-up on 3 files, one 1000-slice series, and (if generated) the 4 GB linearity corpus.
+
+    `repeat` > 1: that many rounds of every row, interleaved (so a slow minute of the machine hits
+    every row alike), and per row the round with the median wall time (the 4 GB row runs once)."""
     out, logs = workdir / "out", workdir / "logs"
     corpus_bytes = dir_bytes(corpus)
     runs = [
@@ -265,11 +270,25 @@ def run_all(workdir: Path, corpus: Path, big: Path, small: Path, large: Path | N
     if large is not None:
         runs.append((f"dicomflow, default, {dir_bytes(large) / 1e9:.1f} GB", dir_bytes(large), "dicomflow_large",
                      lambda o: default_command(large, o)))
-    results = []
-    for name, nbytes, slug, make_command in runs:
-        output_dir = fresh_dir(out / slug)
-        results.append(measure(name, make_command(output_dir), nbytes, output_dir, logs / f"{slug}.log"))
-    return results
+    rounds: dict[str, list[RunResult]] = {}
+    for round_index in range(max(1, repeat)):
+        for name, nbytes, slug, make_command in runs:
+            if round_index and slug == "dicomflow_large":
+                continue
+            output_dir = fresh_dir(out / slug)
+            rounds.setdefault(slug, []).append(
+                measure(name, make_command(output_dir), nbytes, output_dir, logs / f"{slug}.log"))
+    return [median_run(rounds[slug]) for _, _, slug, _ in runs]
+
+
+def median_run(results: list[RunResult]) -> RunResult:
+    """The run with the median wall time, named with the spread of all rounds when there are several."""
+    ordered = sorted(results, key=lambda r: r.wall_s)
+    middle = ordered[(len(ordered) - 1) // 2]
+    if len(results) == 1:
+        return middle
+    walls = ", ".join(f"{r.wall_s:.1f}" for r in results)
+    return dataclasses.replace(middle, name=f"{middle.name} (median of {len(results)}: {walls} s)")
 
 
 def small_input(corpus: Path, small: Path) -> Path:
@@ -399,6 +418,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slices-per-series", type=int, default=250, help="slices per series of the main corpus")
     parser.add_argument("--big-series-slices", type=int, default=1000, help="slices of the single big series")
     parser.add_argument("--skip-generate", action="store_true", help="use the corpora already in --workdir")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of every row, interleaved; each row reports its median round (default 3)")
     parser.add_argument("--large-bytes", type=int, default=4_400_000_000,
                         help="size of the linearity corpus (0: no linearity run)")
     return parser.parse_args(argv)
@@ -416,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     large = workdir / "large" if args.large_bytes else None
     if large is not None:
         ensure_corpus(large, args.large_bytes, args.slices_per_series, args.skip_generate)
-    results = run_all(workdir, corpus, big, small_input(corpus, workdir / "small"), large)
+    results = run_all(workdir, corpus, big, small_input(corpus, workdir / "small"), large, args.repeat)
     table, observations = markdown_table(results), notes(results)
     print("\n" + table + "\n")
     for line in observations:
