@@ -34,6 +34,18 @@ def number(value: Any) -> int | float | None:
     return int(result) if result.is_integer() else result
 
 
+GE_B_VALUE_BIAS = 1_000_000_000  # GE adds it to (0043,1039)'s b-value for some sequences (dcm2niix issue 602)
+
+
+def b_value(value: Any) -> int | float | None:
+    """A b-value: the first value of DiffusionBValue or a vendor's private element (raw bytes of an
+    implicit-VR IS included), without GE's bias, as dcm2niix's set_bValGE reads (0043,1039)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace").strip("\0 ").split("\\")[0]
+    result = number(value)
+    return result % GE_B_VALUE_BIAS if result is not None and result >= GE_B_VALUE_BIAS else result
+
+
 def integer(value: Any) -> int | None:
     result = number(value)
     return int(result) if result is not None else None
@@ -83,6 +95,7 @@ class VolumeAttribute:
     frame_path: tuple[str, ...] = ()  # functional group sequence(s) then keyword, enhanced frames
     role: str = INFO
     joins_4d: bool = True  # False: stacks that differ by it stay separate arrays (never one 4D array)
+    private_modalities: tuple[str, ...] = ()  # private tag keys count only for these modalities (() = any)
 
 
 VOLUME_ATTRIBUTES: tuple[VolumeAttribute, ...] = (
@@ -91,9 +104,10 @@ VOLUME_ATTRIBUTES: tuple[VolumeAttribute, ...] = (
     VolumeAttribute("echo", ("EchoNumbers", "EchoTime"), number, ("MREchoSequence", "EffectiveEchoTime"), SPLIT),
     VolumeAttribute("temporal_position", ("TemporalPositionIdentifier",), integer,
                     ("FrameContentSequence", "TemporalPositionIndex"), SPLIT),
-    # (0019,100C) Siemens, (0043,1039) GE: private b-values where (0018,9087) is absent
-    VolumeAttribute("b_value", ("DiffusionBValue", 0x0019100C, 0x0043039F), number,
-                    ("MRDiffusionSequence", "DiffusionBValue"), SPLIT),
+    # (0019,100C) Siemens, (0043,1039) GE (its first value): private b-values of MR where (0018,9087)
+    # is absent; other modalities use those private slots for other things
+    VolumeAttribute("b_value", ("DiffusionBValue", 0x0019100C, 0x00431039), b_value,
+                    ("MRDiffusionSequence", "DiffusionBValue"), SPLIT, private_modalities=("MR",)),
     # (0019,100E) Siemens DiffusionGradientDirection; patient (LPS) coordinates
     VolumeAttribute("diffusion_direction", ("DiffusionGradientOrientation", 0x0019100E), vector3,
                     ("MRDiffusionSequence", "DiffusionGradientDirectionSequence", "DiffusionGradientOrientation"),
@@ -118,9 +132,12 @@ Values = tuple[tuple[str, Any], ...]  # (name, value) in table order, None when 
 def instance_values(elements: dict[str | int, Any]) -> Values:
     """Every attribute of a single-frame instance from its element values (keyword or tag -> value)."""
     out = []
+    modality = str(elements.get("Modality") or "").strip()
     for a in VOLUME_ATTRIBUTES:
         value = None
         for key in a.keys:
+            if isinstance(key, int) and a.private_modalities and modality not in a.private_modalities:
+                continue
             if elements.get(key) not in (None, "", b""):
                 value = a.cast(elements[key])
                 break

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pydicom
 import pydicom.data
+import pytest
 import zarr
 
 from dicom_io import storage
@@ -204,6 +205,49 @@ def test_philips_scaling_fp_of_an_enhanced_file_is_per_frame(tmp_path):
         dv = expected_pv[echo] * rs + ri
         assert np.array_equal(volumes["dv"][t], dv)
         assert np.allclose(volumes["fp"][t], dv / (rs * ss), rtol=1e-6)
+
+
+def _ge_files(tmp_path, name, modality, b_values, implicit=False):
+    """Generated GE slices, 2 positions x len(b_values) volumes, identical pixels at each position,
+    the b-value only in (0043,1039) under GEMS_PARM_01, as GE writes it (with its 1e9 bias)."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    spec = synthetic.SeriesSpec(series_uid=synthetic.uid_from("ge", name), study_uid=synthetic.uid_from("st"),
+                                patient_id="P", modality=modality, positions=synthetic.axial_positions(2, 2.0),
+                                iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), pixel_spacing=(1.0, 1.0), rows=8, cols=8)
+    paths = []
+    for v, b in enumerate(b_values):
+        for i in range(2):
+            path = str(tmp_path / name / f"{v}_{i}.dcm")
+            synthetic.write_instance(path, spec, i, seed=0, instance_number=1 + v * 2 + i,
+                                     sop_uid=synthetic.uid_from("ge", name, v, i),
+                                     transfer_syntax=ImplicitVRLittleEndian if implicit else synthetic.ExplicitVRLittleEndian,
+                                     pixels=np.full((8, 8), 100 + i, dtype=np.uint16))
+            ds = pydicom.dcmread(path)
+            ds.Manufacturer = "GE MEDICAL SYSTEMS"
+            ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x39, "IS", [str(b), "8", "0", "0"])
+            ds.save_as(path, implicit_vr=implicit) if implicit else ds.save_as(path)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_ge_b_value_from_0043_1039_without_its_bias_makes_a_4d_dwi(tmp_path, implicit):
+    """GE keeps the b-value in (0043,1039), first value, plus 1e9 on some sequences (dcm2niix's
+    set_bValGE): two volumes with identical pixels at the same positions are a 4D DWI, not duplicates."""
+    paths = _ge_files(tmp_path, "dwi", "MR", [1_000_000_000, 1_000_001_000], implicit)
+    headers = headers_of(paths)
+    assert sorted(dict(h.volume)["b_value"] for h in headers) == [0, 0, 1000, 1000]
+    plan = plan_series(headers[0].series_instance_uid, headers)
+    assert plan.exclusions == () and len(plan.stacks) == 1
+    [stack] = plan.stacks
+    assert [v["b_value"] for v in stack.volumes] == [0, 1000]
+
+
+def test_ge_private_0043_1039_of_a_ct_is_not_a_b_value(tmp_path):
+    paths = _ge_files(tmp_path, "ct", "CT", [5, 7])
+    headers = headers_of(paths)
+    assert {dict(h.volume)["b_value"] for h in headers} == {None}
 
 
 def test_philips_scaling_leaves_other_vendors_alone(tmp_path):
