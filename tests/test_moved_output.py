@@ -36,7 +36,7 @@ def _write_csv(path, header, rows) -> str:
     return str(path)
 
 
-def _make_out(tmp_path_factory) -> tuple[str, list[dict]]:
+def _make_out(tmp_path_factory) -> tuple[str, str, list[dict]]:
     """Three patients x two MR series, converted with --previews all, then a labels and a vlm dataset."""
     root, tables_dir = tmp_path_factory.mktemp("moved-in"), tmp_path_factory.mktemp("moved-tables")
     for k in range(3):
@@ -59,7 +59,7 @@ def _make_out(tmp_path_factory) -> tuple[str, list[dict]]:
     dataset_job.run(["--output", out, "--format", "labels", "--labels_table", train, "--series_descriptions", described,
                      "--split", "0.5,0.5,0", *RUNNER_ARGS])
     dataset_job.run(["--output", out, "--format", "vlm", "--report_table", reports, *RUNNER_ARGS])
-    return out, series
+    return str(root), out, series
 
 
 def _csv(data: bytes) -> list[dict]:
@@ -94,8 +94,8 @@ def links(out: str) -> list[tuple[str, str | None, str]]:
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory):
-    """(OUT before, its links before, OUT after shutil.move, the voxels of every series before)."""
-    first, series = _make_out(tmp_path_factory)
+    """(OUT before, its links before, OUT after shutil.move, the voxels of every series before, the input)."""
+    root, first, series = _make_out(tmp_path_factory)
     before_links = links(first)
     voxels = {}
     for row in series:
@@ -104,11 +104,11 @@ def moved(tmp_path_factory):
     new = str(tmp_path_factory.mktemp("moved-second") / "OUT")
     shutil.move(first, new)
     assert not os.path.exists(first)
-    return first, before_links, new, voxels
+    return first, before_links, new, voxels, root
 
 
 def test_every_path_column_names_the_object_its_uri_column_names(moved):
-    first, before, _, _ = moved
+    first, before, _, _, _ = moved
     kinds = {where for where, _, _ in before}
     assert {"series table zarr", "series JSON slices", "slices CSV preview", "dataset volume", "dataset image"} <= kinds
     previews = [(u, p) for where, u, p in before if where == "slices CSV preview"]
@@ -119,7 +119,7 @@ def test_every_path_column_names_the_object_its_uri_column_names(moved):
 
 
 def test_after_the_move_every_path_resolves_and_the_uris_are_stale(moved):
-    _, _, new, _ = moved
+    _, _, new, _, _ = moved
     after = links(new)
     assert after
     for where, uri, path in after:
@@ -129,7 +129,7 @@ def test_after_the_move_every_path_resolves_and_the_uris_are_stale(moved):
 
 
 def test_open_volume_and_the_series_table_links_read_the_same_voxels(moved):
-    _, _, new, voxels = moved
+    _, _, new, voxels, _ = moved
     rows = readers.converted_rows(new)
     assert {r["series_key"] for r in rows} == set(voxels)
     for row in rows:
@@ -144,7 +144,7 @@ def test_open_volume_and_the_series_table_links_read_the_same_voxels(moved):
 
 
 def test_volume_dataset_over_the_moved_out(moved):
-    _, _, new, voxels = moved
+    _, _, new, voxels, _ = moved
     data = readers.VolumeDataset(new, dtype=None)
     assert len(data) == len(voxels)
     for i in range(len(data)):
@@ -153,7 +153,7 @@ def test_volume_dataset_over_the_moved_out(moved):
 
 
 def test_monai_reads_the_moved_datalist_and_the_path_columns(moved):
-    _, _, new, voxels = moved
+    _, _, new, voxels, _ = moved
     path = schemas.dataset_uri(new, schemas.LABELS, schemas.DATALIST_JSON)
     folder = os.path.dirname(path)
     items = [i for key in ("training", "validation") for i in load_decathlon_datalist(path, data_list_key=key)]
@@ -172,8 +172,22 @@ def test_monai_reads_the_moved_datalist_and_the_path_columns(moved):
 
 
 def test_verify_passes_over_the_moved_out(moved):
-    _, _, new, voxels = moved
+    _, _, new, voxels, _ = moved
     verify_job.run(["--output", new, *RUNNER_ARGS])
     rows = tables.read_shards(schemas.verify_prefix(new, schemas.VERIFY_PREFIX), schemas.VERIFY_SCHEMA).to_pylist()
     assert {r["series_key"] for r in rows} == set(voxels)
     assert all(r["status"] == schemas.OK for r in rows), [r["failures"] for r in rows]
+
+
+def test_converting_again_into_a_copy_reuses_the_commits_and_links_the_rows_to_the_copy(moved, tmp_path):
+    _, _, new, voxels, root = moved
+    copy = str(tmp_path / "OUT")
+    shutil.copytree(new, copy)
+    records = {key: storage.read_bytes(schemas.series_json_uri(copy, key)) for key in voxels}
+    convert(["--input", root, "--output", copy, "--previews", "all", *RUNNER_ARGS])
+    assert {key: storage.read_bytes(schemas.series_json_uri(copy, key)) for key in voxels} == records  # reused
+    rows = readers.converted_rows(copy)
+    assert {r["series_key"] for r in rows} == set(voxels)
+    for row in rows:
+        assert row["zarr_uri"] == schemas.zarr_uri(copy, row["series_key"])
+        assert row["zarr_path"] == f"volumes/{row['series_key']}.zarr"
