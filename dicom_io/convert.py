@@ -225,7 +225,7 @@ def _slice_row(i: int, plan: StackPlan | None, ref: SliceRef, position, digest: 
     t, z = divmod(i, plan.n_slices) if plan is not None else (0, i)
     return {"z_index": z, "t_index": t, "sop_instance_uid": ref.header.sop_instance_uid, "instance_number": ref.header.instance_number,
             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2], "source_uri": ref.header.source_uri,
-            "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None}
+            "pixel_md5": digest, "frame_index": ref.frame, "preview_uri": None, "preview_path": None}
 
 
 class _SlicePreviews:
@@ -244,7 +244,7 @@ class _SlicePreviews:
         uri = previews.slice_preview_uri(self._settings.output, p, self._plan.series_key, plane_index,
                                          ref.header.sop_instance_uid, ref.header.label, ref.frame,
                                          ref.header.n_planes)
-        row["preview_uri"] = uri
+        row["preview_uri"], row["preview_path"] = uri, schemas.relative_to_output(self._settings.output, uri)
         if self._executor is None:
             previews.write_slice(uri, plane, self._dicom, p)
         else:
@@ -327,7 +327,8 @@ def _series_previews(uri: str, dicom: dict[str, Any], settings: ConvertSettings,
     volume = zarr.open_group(storage.zarr_store(uri), mode="r")[ARRAY_NAME]
     uris = previews.series_preview_uris(settings.output, settings.previews, key)
     previews.write_series(volume, dicom, settings.previews, uris)
-    rows[dicom["n_slices"] // 2]["preview_uri"] = uris[0]  # the middle slice of the first volume
+    middle = rows[dicom["n_slices"] // 2]  # the middle slice of the first volume
+    middle["preview_uri"], middle["preview_path"] = uris[0], schemas.relative_to_output(settings.output, uris[0])
 
 
 def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
@@ -341,10 +342,17 @@ def _fingerprint(plan: StackPlan, settings: ConvertSettings) -> str:
     return f"{plan.fingerprint()}{resampled}+zstd{settings.compression_level}{shown}{stored}"  # plan: philips_scaling
 
 
+def _locations(plan: StackPlan, settings: ConvertSettings) -> dict[str, str]:
+    """Where the stack's volume and slices CSV are: URIs under this run's OUT, and (contract 3) relative to it."""
+    out = settings.output
+    uris = {"zarr": schemas.volume_uri(out, plan.series_key, settings.store),
+            "slices": schemas.slices_csv_uri(out, plan.series_key)}
+    return {**{f"{name}_uri": uri for name, uri in uris.items()},
+            **{f"{name}_path": schemas.relative_to_output(out, uri) for name, uri in uris.items()}}
+
+
 def _record(plan: StackPlan, settings: ConvertSettings, dicom: dict[str, Any], fingerprint: str) -> dict[str, Any]:
-    return {**dicom, "status": schemas.CONVERTED, "reason": "",
-            "zarr_uri": schemas.volume_uri(settings.output, plan.series_key, settings.store),
-            "slices_uri": schemas.slices_csv_uri(settings.output, plan.series_key),
+    return {**dicom, "status": schemas.CONVERTED, "reason": "", **_locations(plan, settings),
             "n_source_files": len(plan.instances),
             "provenance": {"pipeline_version": PIPELINE_VERSION, "contract_version": schemas.CONTRACT_VERSION,
                            "input_fingerprint": fingerprint,
@@ -376,7 +384,7 @@ def _failed(plan: StackPlan, failure: StackFailed, settings: ConvertSettings) ->
     dicom = dicom_attributes(plan)
     culprit = failure.header
     summary = f"{failure.reason} ({culprit.source_uri})" if culprit else failure.reason
-    record = {**dicom, "status": schemas.FAILED, "reason": summary, "zarr_uri": None,
+    record = {**dicom, "status": schemas.FAILED, "reason": summary, "zarr_uri": None, "zarr_path": None,
               "n_source_files": len(plan.instances)}
     instances = [
         schemas.instance_row(h.source_uri, schemas.FAILED,
@@ -411,8 +419,9 @@ def convert_stack(plan: StackPlan, settings: ConvertSettings, executor: Executor
     `executor` (a thread pool owned by the caller) decodes instances ahead of the writer.
     """
     committed = _load_committed(plan, settings)
-    if committed is not None:
-        return StackResult(schemas.series_row(committed), _converted_rows(plan), reused=True)
+    if committed is not None:  # its row links to this OUT (the JSON may come from a moved OUT or contract 2)
+        return StackResult(schemas.series_row({**committed, **_locations(plan, settings)}), _converted_rows(plan),
+                           reused=True)
     out = settings.output
     zarr_uri = schemas.volume_uri(out, plan.series_key, settings.store)
     json_uri = schemas.series_json_uri(out, plan.series_key)

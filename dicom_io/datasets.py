@@ -9,6 +9,7 @@ Also the sharded, sorted writer both jobs use for their output files.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -152,17 +153,38 @@ def split_of(group: str, spec: SplitSpec) -> str:
 
 # ---- images of a series -----------------------------------------------------------------------------
 
+def images_of(output: str, volume_path: str, slices_path: str, preview_paths: Sequence[str] = (),
+              middle_path: str = "") -> dict[str, Any]:
+    """The images a dataset row points at, given relative to OUT: as `*_path` (contract 3) and as URIs under OUT."""
+    uri = functools.partial(schemas.resolve_output_path, output)
+    return {"volume_uri": uri(volume_path), "slices_uri": uri(slices_path),
+            "preview_uri": uri(middle_path) if middle_path else None, "image_uris": [uri(p) for p in preview_paths],
+            "volume_path": volume_path, "slices_path": slices_path, "preview_path": middle_path or None,
+            "image_paths": list(preview_paths)}
+
+
+def preview_path_of(output: str, row: dict[str, Any]) -> str:
+    """A slices CSV row's preview relative to OUT: `preview_path`, or (contract 2) from `preview_uri`; "" without."""
+    if row.get("preview_path"):
+        return row["preview_path"]
+    return schemas.relative_to_output(output, row["preview_uri"]) if row.get("preview_uri") else ""
+
+
+def series_paths(output: str, series_key: str) -> tuple[str, str]:
+    """(volume, slices CSV) of a committed series, relative to OUT (the volume in the store it was written in)."""
+    return (schemas.relative_to_output(output, schemas.committed_volume_uri(output, series_key)),
+            schemas.relative_to_output(output, schemas.slices_csv_uri(output, series_key)))
+
+
 def series_images(output: str, series_key: str) -> dict[str, Any]:
-    """URIs a dataset row points at: the volume, the slices CSV and, once convert writes a
-    `preview_uri` column, every slice preview (z order, volume after volume for 4D) and the middle
-    one of the first volume."""
+    """The images of a converted series: the volume, the slices CSV and, when convert wrote previews, every
+    slice preview (z order, volume after volume for 4D) and the middle one of the first volume."""
     slices_uri = schemas.slices_csv_uri(output, series_key)
     slices = schemas.parse_slices_csv(storage.read_bytes(slices_uri))
-    previews = [r.get("preview_uri") or "" for r in slices]
-    first_volume = [r.get("preview_uri") or "" for r in slices if not r["t_index"]]
+    previews = [preview_path_of(output, r) for r in slices]
+    first_volume = [p for p, r in zip(previews, slices) if not r["t_index"]]
     middle = first_volume[len(first_volume) // 2] if first_volume else ""
-    return {"volume_uri": schemas.committed_volume_uri(output, series_key), "slices_uri": slices_uri,
-            "preview_uri": middle or None, "image_uris": [p for p in previews if p]}
+    return images_of(output, *series_paths(output, series_key), [p for p in previews if p], middle)
 
 
 # ---- vlm: report table x series ---------------------------------------------------------------------
@@ -324,7 +346,7 @@ def study_entry(study_id: str | None, labels: list[dict[str, Any]], matched: lis
 
 
 TRAIN_COLUMNS = ("study_id", "series_id", "series_description", "series_key", "patient_id", "split", "volume_uri",
-                 "slices_uri", "preview_uri", "n_slices")
+                 "slices_uri", "preview_uri", "n_slices", "volume_path", "slices_path", "preview_path")  # contract 3
 
 
 def train_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -335,7 +357,9 @@ def train_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"study_id": entry["study_id"], "series_id": s["series_id"], "series_description": description,
                          "series_key": s["series_key"], "patient_id": entry["patient_id"], "split": entry["split"],
                          "volume_uri": s["volume_uri"], "slices_uri": s["slices_uri"],
-                         "preview_uri": s["preview_uri"] or "", "n_slices": s["n_slices"], **entry["labels"]})
+                         "preview_uri": s["preview_uri"] or "", "n_slices": s["n_slices"],
+                         "volume_path": s["volume_path"], "slices_path": s["slices_path"],
+                         "preview_path": s["preview_path"] or "", **entry["labels"]})
     return rows
 
 

@@ -35,3 +35,7 @@ class ValuesDoNotFitError(InconsistentSeriesError):
 
 class StorageError(DicomflowError):
     """Reading or writing a URI failed (permissions, missing bucket, full disk)."""
+
+
+class OutsideOutputError(DicomflowError, ValueError):
+    """A URI that should lie under the output root OUT does not (another folder, bucket or scheme)."""

@@ -13,7 +13,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from dicom_io import readers
+from dicom_io import readers, schemas
 
 SUFFIXES = (".zarr", ".zarr.zip")
 META_FIELDS = ("series_key", "series_instance_uid", "study_instance_uid", "modality", "geometry", "dtype",
@@ -57,13 +57,25 @@ def volume_meta(vol: readers.Volume, shape_xyz: tuple[int, ...], channel_dim: fl
 
 
 class DicomflowReader(ImageReader):
-    """Reads dicomflow volumes (directory or zip store, local or gs://) through `readers.open_volume_uri`."""
+    """Reads dicomflow volumes (directory or zip store, local or gs://) through `readers.open_volume_uri`.
+
+    With `output` (OUT, wherever it is now), a relative name is a `*_path` of the tables (`volumes/KEY.zarr`)
+    and is resolved against it; absolute names and URIs are read as they are.
+    """
+
+    def __init__(self, output: str | None = None) -> None:
+        super().__init__()
+        self.output = output
+
+    def _uri(self, name: Any) -> str:
+        uri = volume_uri(name)
+        return uri if self.output is None else schemas.resolve_output_path(self.output, uri)
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
         return all(volume_uri(f).endswith(SUFFIXES) for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
-        volumes = [readers.open_volume_uri(volume_uri(f)) for f in ensure_tuple(data)]
+        volumes = [readers.open_volume_uri(self._uri(f)) for f in ensure_tuple(data)]
         return volumes if len(volumes) > 1 else volumes[0]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:

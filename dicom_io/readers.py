@@ -6,6 +6,7 @@
 
 Every reader (verify, dataset, export) goes through `open_volume`, so the directory layout
 (`volumes/{key}.zarr`) and the one-object layout (`volumes/{key}.zarr.zip`) are read alike.
+Locations are taken relative to the OUT a reader is given, so a moved or copied OUT reads the same.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def open_volume(output: str, series_key: str) -> Volume:
     if not storage.exists(uri):
         raise VolumeNotFound(f"{output}: no volume for series {series_key}")
     return open_volume_uri(uri, series_key)
+
+
+def open_series(output: str, row: dict[str, Any]) -> Volume:
+    """The volume a series table row (or series JSON) links to, resolved against `output` (where OUT is now).
+
+    Contract 3 rows link by `zarr_path`; contract-2 rows (absolute `zarr_uri` only) are found by key.
+    """
+    if row.get("zarr_path"):
+        return open_volume_uri(schemas.resolve_output_path(output, row["zarr_path"]), row["series_key"])
+    return open_volume(output, row["series_key"])
 
 
 # ---- training loaders: a map-style dataset over the series table (torch-free; DataLoader collates it) ------
@@ -191,14 +202,15 @@ class VolumeDataset:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_volumes": {}}  # open stores stay in the process that opened them
 
-    def volume(self, key: str) -> Volume:
+    def volume(self, row: dict[str, Any]) -> Volume:
+        key = row["series_key"]
         if key not in self._volumes:
-            self._volumes[key] = open_volume(self.output, key)
+            self._volumes[key] = open_series(self.output, row)
         return self._volumes[key]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        key = self.rows[index]["series_key"]
-        vol = self.volume(key)
+        row = self.rows[index]
+        key, vol = row["series_key"], self.volume(row)
         names = vol.array.metadata.dimension_names
         shape = spatial_shape(vol.shape, names)
         patch = self.patch_size or shape

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from typing import Any
 
 import pyarrow as pa
 
 from dicom_io import storage
+from dicom_io.errors import OutsideOutputError
 
 # ---- layout under OUT -------------------------------------------------------------------
-# Contract 2: every sharded table in a folder of its own (OUT/summary/series/series-*.parquet, ...), so a glob
-# of one folder reads one table. Contract 1 (before) put the shards of several tables in one folder.
-CONTRACT_VERSION = 2
+# Contract 3: every URI of something under OUT has a sibling `*_path` relative to OUT (zarr_uri -> zarr_path),
+# so a moved or copied OUT keeps its links. Contract 2: every sharded table in a folder of its own
+# (OUT/summary/series/series-*.parquet, ...). Contract 1 put the shards of several tables in one folder.
+CONTRACT_VERSION = 3
 VOLUMES_DIR, SERIES_DIR, SLICES_DIR, SUMMARY_DIR = "volumes", "series", "slices", "summary"
 SUMMARY_SERIES_PREFIX, SUMMARY_INSTANCES_PREFIX = "series", "instances"
 
@@ -35,6 +38,37 @@ def series_json_uri(output: str, key: str) -> str:
 
 def slices_csv_uri(output: str, key: str) -> str:
     return storage.join(output, SLICES_DIR, f"{key}.csv")
+
+
+def _local_path(path: str) -> str:
+    return os.path.abspath(path.removeprefix("file://"))
+
+
+def relative_to_output(output: str, uri: str) -> str:
+    """`uri` (written under OUT) as a POSIX path relative to OUT, e.g. `volumes/KEY.zarr`: a `*_path` value.
+
+    Raises OutsideOutputError for a URI outside OUT (every output URI is under OUT by construction).
+    """
+    if storage.is_remote(output) or storage.is_remote(uri):
+        root = output.rstrip("/") + "/"
+        relative = uri[len(root):] if uri.startswith(root) else ""
+    else:
+        relative = os.path.relpath(_local_path(uri), _local_path(output)).replace(os.sep, "/")
+    if relative in ("", ".") or ".." in relative.split("/"):
+        raise OutsideOutputError(f"{uri} is not under the output {output}: a *_path names only files inside OUT")
+    return relative
+
+
+def resolve_output_path(output: str, path: str) -> str:
+    """A `*_path` value as a URI under `output` (local, file:// or gs://), wherever OUT is now.
+
+    An absolute path or URI (a contract-2 `*_uri` value) is returned as it is.
+    """
+    if not path:
+        raise ValueError(f"no path to resolve under {output} (a failed series has no volume)")
+    if "://" in path or os.path.isabs(path):
+        return path
+    return storage.join(output, *path.split("/"))
 
 
 def table_folder(folder: str, name: str) -> str:
@@ -53,8 +87,10 @@ CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
 # ---- slices CSV -------------------------------------------------------------------------
 # One row per stored plane, volume after volume: t_index is the volume (0 for 3D), z_index the slice in it.
 # t_index is last: positional readers of the columns before 4D keep working.
+# source_uri is the input file (outside OUT: absolute); preview_path (contract 3) is preview_uri relative to OUT.
 SLICE_COLUMNS = ("z_index", "sop_instance_uid", "instance_number", "ipp_x", "ipp_y", "ipp_z",
-                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index", "series_key")  # contract 2: key
+                 "source_uri", "pixel_md5", "frame_index", "preview_uri", "t_index", "series_key",  # contract 2: key
+                 "preview_path")
 
 # ---- series-level tags: (DICOM keyword, column, arrow type) -----------------------------
 TAG_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
@@ -101,6 +137,7 @@ SERIES_SCHEMA = pa.schema(
         ("affine_lps", pa.list_(pa.list_(pa.float64(), 4), 4)),  # contract 2: 4x4 rows, NaN without geometry
         ("geometry", pa.string()),
         ("zarr_uri", pa.string()),
+        ("zarr_path", pa.string()),  # contract 3: zarr_uri relative to OUT (schemas.resolve_output_path)
         ("dtype", pa.string()),
         ("split_by", pa.list_(pa.string())),
         ("stack_attributes", pa.map_(pa.string(), pa.string())),  # contract 2: name -> JSON value
@@ -388,6 +425,10 @@ VLM_PAIRS_SCHEMA = pa.schema(
         ("slices_uri", pa.string()),
         ("preview_uri", pa.string()),  # the middle slice's preview, when slices CSVs have `preview_uri`
         ("image_uris", pa.list_(pa.string())),  # every slice preview in z order (empty without previews)
+        ("volume_path", pa.string()),  # contract 3: the four above relative to OUT
+        ("slices_path", pa.string()),
+        ("preview_path", pa.string()),
+        ("image_paths", pa.list_(pa.string())),
         ("report_key", pa.string()),
         ("report_rows", pa.list_(pa.int64())),  # 0-based rows of the report table behind report_text
         ("report_text", pa.string()),

@@ -287,6 +287,16 @@ def _load_record(output: str, key: str, commit: CheckResult) -> dict[str, Any] |
     return record
 
 
+def check_links(output: str, key: str, linked: dict[str, Any], commit: CheckResult) -> None:
+    """Contract 3: the `*_path` links of a series JSON or table row name this series' files under OUT
+    (where OUT is now: the links are relative). Contract-2 records have none to check."""
+    expected = {"zarr_path": schemas.committed_volume_uri(output, key),
+                "slices_path": schemas.slices_csv_uri(output, key)}
+    for name, uri in expected.items():
+        if linked.get(name) and schemas.resolve_output_path(output, linked[name]) != uri:
+            commit.fail(f"{name} {linked[name]!r} does not name {uri}")
+
+
 def verify_row(series: dict[str, Any], results: list[CheckResult], record: dict[str, Any] | None,
                thumbnails: list[str]) -> dict[str, Any]:
     """One row of OUT/verify/verify-*.parquet."""
@@ -312,6 +322,8 @@ def verify_series(series: dict[str, Any], instances: list[dict[str, Any]], setti
     record = _load_record(out, key, commit)
     if record is None:
         return verify_row(series, results, None, [])
+    for linked in (record, series):
+        check_links(out, key, linked, commit)
     try:
         slices = schemas.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(out, key)))
         array = open_volume(out, key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import Counter, defaultdict
 
 import pyarrow as pa
@@ -106,11 +107,16 @@ def test_vlm_pairs_from_a_pacs_style_report_table(lumbar, tmp_path):
     rows += [["9.9.9", 1, "x1", "a report for no study"], ["", 2, "x2", "no key"], [list(studies)[1], 1, "x3", ""]]
     table = _write_csv(tmp_path / "reports.csv", ["study_id", "series_number", "instance_id", "report_value"], rows)
     key = sorted(s["series_key"] for s in studies[list(studies)[0]])[0]
-    csv_uri = schemas.slices_csv_uri(out, key)  # a slices CSV as convert --previews will write it
+    csv_uri = schemas.slices_csv_uri(out, key)  # a slices CSV with previews as contract 2 wrote it: URIs only
     original = storage.read_bytes(csv_uri)
-    lines = original.decode().splitlines()
-    storage.write_bytes(csv_uri, "\n".join([lines[0] + ",preview_uri"] + [f"{line},prev/{i}.png" for i, line
-                                                                            in enumerate(lines[1:])]).encode() + b"\n")
+    slice_rows = list(csv.DictReader(io.StringIO(original.decode())))
+    previews = [os.path.join(out, "prev", f"{i}.png") for i in range(len(slice_rows))]
+    contract_2 = io.StringIO()
+    writer = csv.DictWriter(contract_2, [c for c in schemas.SLICE_COLUMNS if c != "preview_path"], lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({**row, "preview_uri": uri} for row, uri in zip(slice_rows, previews))
+    storage.write_bytes(csv_uri, contract_2.getvalue().encode())
     try:
         dataset_job.run(["--output", out, "--format", "vlm", "--report_table", table, "--split", "0.4,0.3,0.3",
                          *RUNNER_ARGS])
@@ -127,7 +133,10 @@ def test_vlm_pairs_from_a_pacs_style_report_table(lumbar, tmp_path):
     assert sorted(p["series_key"] for p in pairs) == sorted(s["series_key"] for s in reported)
     first = next(p for p in pairs if p["series_key"] == key)
     assert first["report_text"] == f"Findings for {list(studies)[0]}.\n\nImpression: degenerative change."
-    assert first["image_uris"] == ["prev/0.png", "prev/1.png", "prev/2.png"] and first["preview_uri"] == "prev/1.png"
+    assert first["image_uris"] == previews and first["preview_uri"] == previews[1]
+    assert first["image_paths"] == ["prev/0.png", "prev/1.png", "prev/2.png"] and first["preview_path"] == "prev/1.png"
+    assert all(p["volume_path"] == f"volumes/{p['series_key']}.zarr" and p["slices_path"] == f"slices/{p['series_key']}.csv"
+               for p in pairs)
     assert all(p["volume_uri"] == schemas.zarr_uri(out, p["series_key"]) and p["preview_uri"] is None
                for p in pairs if p["series_key"] != key)
     splits = _one_split_per_patient(pairs)
@@ -190,8 +199,10 @@ def test_labels_in_the_rsna_layout(lumbar, tmp_path):
         for description, members in entry["series"].items():
             [s] = members
             assert s["volume_uri"] == schemas.zarr_uri(out, s["series_key"]) and storage.exists(s["volume_uri"])
+            assert schemas.resolve_output_path(out, s["volume_path"]) == s["volume_uri"]
     train_rows = _csv_rows(out, "labels", schemas.TRAIN_PREFIX)
     assert list(train_rows[0]) == [*datasets.TRAIN_COLUMNS, *LABELS]
+    assert all(schemas.resolve_output_path(out, r["volume_path"]) == r["volume_uri"] for r in train_rows)
     assert len(train_rows) == 3 * len(labelled)
     assert Counter(r["series_description"] for r in train_rows) == {d: len(labelled) for d, _ in DESCRIPTIONS.values()}
     splits = _one_split_per_patient(entries)

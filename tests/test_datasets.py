@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import Counter
 
 import pyarrow as pa
@@ -14,6 +15,7 @@ import pytest
 from dicom_io.tables import decode_parquet
 from dicom_io import datasets, schemas, storage, tables
 from dicom_io.datasets import ROW, LabelSpec, SplitSpec, VlmSpec
+from dicom_io.errors import OutsideOutputError
 
 
 def test_normalize_key_compares_csv_text_and_parquet_numbers():
@@ -100,7 +102,8 @@ def test_join_keys_for_each_join_on():
 def test_pair_record_has_the_schema_columns():
     stub = {"series": _series("a", modality="CT", series_description="AX"), "report_key": "1.2.3",
             "report_text": "t", "report_rows": [0]}
-    images = {"volume_uri": "v", "slices_uri": "s", "preview_uri": None, "image_uris": []}
+    images = datasets.images_of("/o", "volumes/a.zarr", "slices/a.csv")
+    assert images["volume_uri"] == "/o/volumes/a.zarr" and images["volume_path"] == "volumes/a.zarr"
     record = datasets.pair_record(stub, images, SplitSpec())
     assert list(record) == schemas.VLM_PAIRS_SCHEMA.names
     pa.Table.from_pylist([record], schema=schemas.VLM_PAIRS_SCHEMA)  # types fit
@@ -120,7 +123,7 @@ def test_labels_join_descriptions_then_study():
                                                                          _desc(9, "1.2.3", "77", "Axial T2")])
     assert [m["series"]["series_key"] for m in matched] == ["s00", "s01"]
     assert [(u["row"], u["reason"]) for u in unmatched] == [(9, datasets.DUPLICATE_DESCRIPTION)]
-    images = {"volume_uri": "v", "slices_uri": "s", "preview_uri": "p.png", "image_uris": ["p.png"]}
+    images = datasets.images_of("/o", "volumes/v.zarr", "slices/v.csv", ["previews/p.png"], "previews/p.png")
     matched = [{**m, "images": images} for m in matched]
     labels = [{ROW: 0, "study_id": "1.2.3", "spinal_canal_stenosis_l1_l2": "Moderate", "left_x": ""},
               {ROW: 5, "study_id": "1.2.3", "spinal_canal_stenosis_l1_l2": "Severe", "left_x": "Severe"}]
@@ -129,7 +132,9 @@ def test_labels_join_descriptions_then_study():
     assert list(entry["series"]) == ["Axial T2"] and len(entry["series"]["Axial T2"]) == 2
     assert [(u["row"], u["reason"]) for u in unmatched] == [(5, datasets.DUPLICATE_STUDY)]
     rows = datasets.train_rows(entry)
-    assert [r["series_key"] for r in rows] == ["s00", "s01"] and rows[0]["preview_uri"] == "p.png"
+    assert [r["series_key"] for r in rows] == ["s00", "s01"] and rows[0]["preview_uri"] == "/o/previews/p.png"
+    assert rows[0]["preview_path"] == "previews/p.png" and rows[0]["volume_path"] == "volumes/v.zarr"
+    assert set(datasets.TRAIN_COLUMNS) <= set(rows[0])
     assert rows[0]["spinal_canal_stenosis_l1_l2"] == "Moderate"
     none, lost = datasets.study_entry("1.2.3", [], matched, spec)
     assert none is None and [(u["table"], u["reason"]) for u in lost] == [("series_descriptions", datasets.NO_LABELS)]
@@ -151,19 +156,28 @@ def test_read_rows_csv_and_parquet_with_their_row_index(tmp_path):
         datasets.read_rows(str(tmp_path / "missing.csv"))
 
 
-def test_series_images_use_preview_uri_when_the_slices_csv_has_it(tmp_path):
+def test_series_images_use_the_previews_of_the_slices_csv_relative_to_out(tmp_path):
     out = str(tmp_path)
     header = ",".join(schemas.SLICE_COLUMNS)
     plain = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0," for z in range(3)]) + "\n"
     storage.write_bytes(schemas.slices_csv_uri(out, "k"), plain.encode())
     images = datasets.series_images(out, "k")
     assert images == {"volume_uri": schemas.zarr_uri(out, "k"), "slices_uri": schemas.slices_csv_uri(out, "k"),
-                      "preview_uri": None, "image_uris": []}
-    with_previews = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0,p{z}.png"
-                                                           for z in range(3)]) + "\n"
-    storage.write_bytes(schemas.slices_csv_uri(out, "k"), with_previews.encode())
+                      "preview_uri": None, "image_uris": [], "volume_path": "volumes/k.zarr",
+                      "slices_path": "slices/k.csv", "preview_path": None, "image_paths": []}
+    contract_2 = "\n".join([header.removesuffix(",preview_path")] + [
+        f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0,{os.path.join(out, 'previews', f'p{z}.png')}" for z in range(3)])
+    storage.write_bytes(schemas.slices_csv_uri(out, "k"), (contract_2 + "\n").encode())
     images = datasets.series_images(out, "k")
-    assert images["preview_uri"] == "p1.png" and images["image_uris"] == ["p0.png", "p1.png", "p2.png"]
+    assert images["preview_uri"] == os.path.join(out, "previews", "p1.png") and images["preview_path"] == "previews/p1.png"
+    assert images["image_paths"] == ["previews/p0.png", "previews/p1.png", "previews/p2.png"]
+    moved = "\n".join([header] + [f"{z},u{z},{z + 1},0,0,{z},/in/{z},md5,0,/old/out/previews/p{z}.png,0,k,previews/p{z}.png"
+                                    for z in range(3)])  # contract 3, written under another OUT: the paths win
+    storage.write_bytes(schemas.slices_csv_uri(out, "k"), (moved + "\n").encode())
+    assert datasets.series_images(out, "k")["image_uris"] == [os.path.join(out, "previews", f"p{z}.png") for z in range(3)]
+    storage.write_bytes(schemas.slices_csv_uri(out, "k"), plain.replace("md5,0,\n", "md5,0,/elsewhere/p.png\n").encode())
+    with pytest.raises(OutsideOutputError, match="not under the output"):
+        datasets.series_images(out, "k")
 
 
 def test_sharded_files_are_sorted_deterministic_and_replace_other_shard_counts(tmp_path):
@@ -208,11 +222,12 @@ def test_user_tables_stream_and_are_refused_at_their_first_row(tmp_path):
 def test_series_images_of_a_4d_series_use_the_first_volume_middle_preview(tmp_path):
     out = str(tmp_path)
     header = ",".join(schemas.SLICE_COLUMNS)
-    rows = [f"{z},u{t}{z},{z + 1},0,0,{z},/in/{t},md5,{z},{'mid.png' if (t, z) == (0, 1) else ''},{t}"
+    mid = os.path.join(out, "previews", "mid.png")
+    rows = [f"{z},u{t}{z},{z + 1},0,0,{z},/in/{t},md5,{z},{mid if (t, z) == (0, 1) else ''},{t}"
             for t in range(2) for z in range(3)]  # --previews=middle on a (2, 3, y, x) array
     storage.write_bytes(schemas.slices_csv_uri(out, "k4"), ("\n".join([header] + rows) + "\n").encode())
     images = datasets.series_images(out, "k4")
-    assert images["preview_uri"] == "mid.png" and images["image_uris"] == ["mid.png"]
+    assert images["preview_uri"] == mid and images["image_uris"] == [mid] and images["preview_path"] == "previews/mid.png"
 
 
 def test_datalist_classes_are_sorted_values_and_empty_cells_are_minus_one():

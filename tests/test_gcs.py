@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
+from dicom_io import readers, schemas
 from dicom_io.tables import read_table
 from pipelines.convert import run
 from tests import synthetic
@@ -80,6 +81,10 @@ def test_sharded_volumes_read_back_from_gcs(gs_converted, corpus):
     series = read_table(gs_converted, "series").to_pylist()
     uid = next(u for u, e in corpus.expected.items() if e["kind"] == "regular")
     row = next(r for r in series if r["series_instance_uid"] == uid)
+    assert row["zarr_path"] == f"volumes/{row['series_key']}.zarr"  # contract 3: relative to OUT on gs:// too
+    assert schemas.resolve_output_path(gs_converted, row["zarr_path"]) == row["zarr_uri"]
+    with readers.open_series(gs_converted, row) as vol:
+        assert vol.uri == row["zarr_uri"] and vol.shape == corpus.expected[uid]["shape"]
     volume = zarr.open_group(row["zarr_uri"], mode="r", storage_options={"use_listings_cache": False})["0"]
     spec = corpus.expected[uid]["spec"]
     first = synthetic.slice_pixels(spec, 0, 0).astype(np.int32) + int(spec.intercept)

@@ -118,6 +118,16 @@ def test_missing_commit_record_or_volume_fails_without_raising(clean, tmp_path):
     assert result["failures"][0].startswith("commit: no commit record")
 
 
+def test_a_path_link_that_names_another_file_fails_the_commit_check(clean):
+    _, out, series, instances = clean
+    key = next(k for k, r in series.items() if r["status"] == "converted")
+    assert series[key]["zarr_path"] == f"volumes/{key}.zarr"
+    wrong = {**series, key: {**series[key], "zarr_path": "volumes/other.zarr"}}
+    result = verify.verify_series(wrong[key], _of(instances, key), verify.VerifySettings(out, thumbnails=False))
+    assert result["status"] == "failed"
+    assert result["failures"] == [f"commit: zarr_path 'volumes/other.zarr' does not name {schemas.zarr_uri(out, key)}"]
+
+
 def _record(geometry="regular", n=4, step=(0.0, 0.0, 2.0)):
     affine = np.eye(4)
     affine[:3, 2] = step

@@ -57,7 +57,7 @@ def test_zip_store_holds_the_same_volumes_as_the_directory_store(zipped, convert
             assert np.array_equal(vol.array[:], reference["0"][:])
 
 
-def test_slices_csv_and_tables_equal_the_directory_run_but_for_the_volume_uri(zipped, converted):
+def test_slices_csv_and_tables_equal_the_directory_run_but_for_the_volume_uri_and_path(zipped, converted):
     for key in _converted_keys(zipped):
         assert open(schemas.slices_csv_uri(zipped, key), "rb").read() == \
             open(schemas.slices_csv_uri(converted, key), "rb").read()
@@ -66,9 +66,11 @@ def test_slices_csv_and_tables_equal_the_directory_run_but_for_the_volume_uri(zi
         other = dict(zip_rows[row["series_key"]])
         if row["zarr_uri"]:
             assert other.pop("zarr_uri") == row["zarr_uri"].replace(converted, zipped) + ".zip"
-            row.pop("zarr_uri")
+            assert other.pop("zarr_path") == row["zarr_path"] + ".zip" == f"volumes/{row['series_key']}.zarr.zip"
+            row.pop("zarr_uri"), row.pop("zarr_path")
         else:
             assert other.pop("zarr_uri") is None and row.pop("zarr_uri") is None
+            assert other.pop("zarr_path") is None and row.pop("zarr_path") is None
         assert other == row
 
 
@@ -167,4 +169,5 @@ def test_dataset_job_over_a_zip_store_points_pairs_at_the_zip_objects(zipped, tm
     assert pairs and {p["series_key"] for p in pairs} == {s["series_key"] for s in series}
     for pair in pairs:
         assert pair["volume_uri"] == schemas.volume_uri(zipped, pair["series_key"], schemas.STORE_ZIP)
+        assert pair["volume_path"] == f"volumes/{pair['series_key']}.zarr.zip"
         assert os.path.isfile(pair["volume_uri"])

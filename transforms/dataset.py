@@ -72,8 +72,7 @@ class AttachImagesFn(beam.DoFn):
         except (OSError, DicomflowError, ValueError) as exc:
             self.unreadable.inc()
             LOG.warning("%s: slices CSV unreadable (%s); no previews", key, exc)
-            images = {"volume_uri": schemas.committed_volume_uri(self._output, key),
-                      "slices_uri": schemas.slices_csv_uri(self._output, key), "preview_uri": None, "image_uris": []}
+            images = datasets.images_of(self._output, *datasets.series_paths(self._output, key))
         yield {**element, "images": images}
 
 
