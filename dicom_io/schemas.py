@@ -327,7 +327,7 @@ def _typed(value: str | None, cast: type) -> Any:
 def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
     """Rows of slices/{key}.csv with SLICE_COLUMNS typed (ints, floats, None when empty).
 
-    Columns beyond SLICE_COLUMNS (e.g. a later `preview_uri`) are kept as strings.
+    Columns beyond SLICE_COLUMNS (e.g. a later addition) are kept as strings.
     """
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"))))
     for row in rows:
