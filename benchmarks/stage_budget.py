@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             lambda: stored.extend(pixels.read_native(storage.open_source(h.source_uri, 8 << 20), h) for h in headers),
             rows)
     planes = []
-    _cpu_ms("pixels: rescale to int16 (slope/intercept)", n,
-            lambda: planes.extend(pixels.to_stored(pixels.rescale(s, h), "int16").reshape(h.rows, h.columns)
+    _cpu_ms("pixels: rescale to int16 (slope/intercept, in place as decode does)", n,
+            lambda: planes.extend(pixels.to_stored(pixels.rescale(s, h, owned=True), "int16").reshape(h.rows, h.columns)
                                   for s, h in zip(stored, headers)),
             rows)
     _cpu_ms("MD5 of the stored slice (pixel_md5)", n, lambda: [slice_md5(p) for p in planes], rows)
