@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
-from dicom_io import attributes, deflate
+from dicom_io import attributes, deflate, elements
 from dicom_io.attributes import Values
 from dicom_io.errors import DicomflowError, HeaderError, NoPixelDataError, NotDicomError
 from dicom_io.mosaic import Mosaic, read_mosaic
@@ -396,105 +395,9 @@ _RECORD_TAGS = tuple((kw, _tag_number(kw)) for kw in _RECORD_KEYWORDS) + tuple(
 
 
 def element_values(ds: pydicom.Dataset) -> dict[str | int, Any]:
-    """Values of the record's elements present in `ds`, by keyword (private ones by tag number).
-
-    The elements of the VRs whose decoding does not depend on the character set (numbers, UIDs,
-    codes, dates) are decoded here from their raw bytes exactly as pydicom would (multiple values
-    as a list); pydicom's own conversion of a raw element costs about 10 us, which was two thirds
-    of building the record. Everything else, and anything the fast path cannot decode, goes
-    through pydicom (`ds[tag]`), so the values are the same either way (tested on every test file).
-    """
-    present = ds._dict
-    latin1_text = _latin1_text(present.get(SPECIFIC_CHARACTER_SET))
-    values: dict[str | int, Any] = {}
-    for key, tag in _RECORD_TAGS:
-        element = present.get(tag)
-        if element is None:
-            continue
-        value = _raw_value(element, tag, latin1_text) if type(element) is RawDataElement else _SLOW
-        values[key] = ds[tag].value if value is _SLOW else value
-    return values
-
-
-SPECIFIC_CHARACTER_SET = 0x00080005
-_LATIN1_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100"})  # pydicom decodes both as ISO 8859-1
-
-
-def _latin1_text(element: Any) -> bool:
-    """The dataset's text is ISO 8859-1 (no (0008,0005), the default repertoire, or ISO_IR 100)."""
-    if element is None:
-        return True
-    raw = element.value
-    if isinstance(raw, bytes):
-        raw = raw.decode("iso8859", "replace")
-    if isinstance(raw, str):
-        return raw.strip("\0 ") in _LATIN1_CHARSETS
-    return False  # multi-valued: code extensions, left to pydicom
-
-
-_SLOW = object()  # _raw_value's "let pydicom decode this one"
-_STRING_VRS = frozenset({"CS", "UI", "DA", "TM", "DT", "AS"})  # default repertoire, never the character set
-_SPLIT_TEXT_VRS = frozenset({"SH", "LO", "UC"})  # pydicom.values.convert_text
-_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})  # pydicom.values.convert_single_string
-_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
-_NUMBER_SIZES = {vr: struct.calcsize("=" + f) for vr, f in _NUMBER_FORMATS.items()}
-
-
-def _dictionary_vr(tag: int) -> str | None:
-    """The VR an implicit-VR file's element has (standard tags only; ambiguous ones: None)."""
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return None
-    simple = _STRING_VRS | _SPLIT_TEXT_VRS | _SINGLE_TEXT_VRS | set(_NUMBER_FORMATS) | {"DS", "IS"}
-    return vr if vr in simple else None
-
-
-_IMPLICIT_VRS = {tag: _dictionary_vr(tag) for _, tag in _RECORD_TAGS if (tag >> 16) % 2 == 0}
-
-
-def _raw_value(raw: RawDataElement, tag: int, latin1_text: bool = False) -> Any:
-    """The value pydicom 3 gives a raw element of a simple VR (pydicom.values.convert_*), or _SLOW;
-    text VRs only when the dataset's character set is ISO 8859-1 (`latin1_text`)."""
-    data = raw.value
-    if not data:  # deferred or empty: pydicom's empty value rules apply
-        return _SLOW
-    vr = raw.VR if raw.VR is not None else _IMPLICIT_VRS.get(tag)
-    try:
-        if latin1_text and vr in _SPLIT_TEXT_VRS:
-            if b"\x1b" in data:  # an escape sequence: pydicom's decoder
-                return _SLOW
-            items = [item.rstrip("\0 ") for item in data.decode("latin_1").split("\\")]
-            return items[0] if len(items) == 1 else items
-        if latin1_text and vr in _SINGLE_TEXT_VRS:
-            return _SLOW if b"\x1b" in data else data.decode("latin_1").rstrip("\0 ")
-        if vr in _NUMBER_FORMATS:
-            size = _NUMBER_SIZES[vr]
-            if len(data) % size:
-                return _SLOW
-            numbers = struct.unpack(f"{'<' if raw.is_little_endian else '>'}{len(data) // size}{_NUMBER_FORMATS[vr]}", data)
-            return numbers[0] if len(numbers) == 1 else list(numbers)
-        if vr == "DS":  # multi_string(text.strip(), DSfloat); DSfloat's value is float(item)
-            items = data.decode("iso8859").strip().rstrip(" \x00").split("\\")
-            numbers = [float(item) for item in items if item.strip()]
-            if len(numbers) != len(items):
-                return _SLOW
-            return numbers[0] if len(numbers) == 1 else numbers
-        if vr == "IS":  # IS tries int() first
-            items = data.decode("iso8859").rstrip(" \x00").split("\\")
-            numbers = [int(item) for item in items if item.strip()]
-            if len(numbers) != len(items):
-                return _SLOW
-            return numbers[0] if len(numbers) == 1 else numbers
-        if vr in _STRING_VRS:
-            text = data.decode("iso8859")
-            items = (text.rstrip("\0 ") if vr == "UI" else text).rstrip(" \x00").split("\\")
-            return items[0] if len(items) == 1 else items
-    except (ValueError, UnicodeDecodeError, struct.error):
-        return _SLOW
-    return _SLOW
+    """Values of the record's elements present in `ds`, by keyword (private ones by tag number),
+    decoded from their raw bytes where that gives pydicom's value (dicom_io.elements)."""
+    return elements.values_of(ds, _RECORD_TAGS)
 
 
 BITS_ALLOCATED = (1, 8, 16, 32, 64)

@@ -134,7 +134,9 @@ def test_element_values_equal_pydicoms_own_decoding_on_every_test_file():
 
     import pydicom
 
-    from dicom_io.header import _RECORD_TAGS, RawDataElement, element_values
+    from pydicom.dataelem import RawDataElement
+
+    from dicom_io.header import _RECORD_TAGS, element_values
 
     compared = fast_elements = 0
     for path in _test_files():
