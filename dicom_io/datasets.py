@@ -180,7 +180,7 @@ def series_images(output: str, series_key: str) -> dict[str, Any]:
     """The images of a converted series: the volume, the slices CSV and, when convert wrote previews, every
     slice preview (z order, volume after volume for 4D) and the middle one of the first volume."""
     slices_uri = schemas.slices_csv_uri(output, series_key)
-    slices = schemas.parse_slices_csv(storage.read_bytes(slices_uri))
+    slices = tables.parse_slices_csv(storage.read_bytes(slices_uri))
     previews = [preview_path_of(output, r) for r in slices]
     first_volume = [p for p, r in zip(previews, slices) if not r["t_index"]]
     middle = first_volume[len(first_volume) // 2] if first_volume else ""

@@ -74,7 +74,7 @@ def load_series(output: str, key: str) -> SeriesData:
     if not storage.exists(uri):
         raise ExportError(f"not committed: {uri} is missing")
     record = json.loads(storage.read_bytes(uri))
-    slices = schemas.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(output, key)))
+    slices = tables.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(output, key)))
     return SeriesData(readers.open_volume(output, key), record, slices)
 
 

@@ -313,32 +313,6 @@ def tags_schema(columns: tuple[str, ...]) -> pa.Schema:
     return pa.schema([("uri", pa.string())] + [(name, pa.string()) for name in columns])
 
 
-# ---- reading the slices CSV (verify and dataset jobs) -------------------------------------------
-import csv  # noqa: E402  (appended section: the imports above are not mine to edit)
-import io  # noqa: E402
-
-_SLICE_INTS, _SLICE_FLOATS = ("z_index", "t_index", "instance_number", "frame_index"), ("ipp_x", "ipp_y", "ipp_z")
-
-
-def _typed(value: str | None, cast: type) -> Any:
-    return None if value is None or value == "" else cast(value)
-
-
-def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
-    """Rows of slices/{key}.csv with SLICE_COLUMNS typed (ints, floats, None when empty).
-
-    Columns beyond SLICE_COLUMNS (e.g. a later addition) are kept as strings.
-    """
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"))))
-    for row in rows:
-        for name in _SLICE_INTS:
-            row[name] = _typed(row.get(name), int)
-        row["t_index"] = row["t_index"] or 0  # outputs written before 4D have no t_index
-        for name in _SLICE_FLOATS:
-            row[name] = _typed(row.get(name), float)
-    return rows
-
-
 # ---- verify job (pipelines.verify): OUT/verify/ ---------------------------------------------------
 # OUT/verify/verify/verify-*.parquet (one row per checked series), OUT/verify/files/files-*.parquet (one row per
 # instance-accounting failure), OUT/verify/thumbnails/{key}_middle.jpg|_montage.jpg, OUT/verify/report.html

@@ -14,6 +14,7 @@ depends only on the rows, so the same rows give the same shards.
 from __future__ import annotations
 
 import bisect
+import csv
 import io
 import json
 import math
@@ -203,3 +204,27 @@ def summary_encoder(name: str) -> Encoder:
 def read_table(output: str, name: str) -> pa.Table:
     """All shards of OUT/summary/{name}/{name}-*.parquet as one table with the contract's schema."""
     return read_shards(schemas.table_prefix(output, name), SCHEMAS[name])
+
+
+# ---- the slices CSV (verify, dataset and export jobs read it) --------------------------------
+
+_SLICE_INTS, _SLICE_FLOATS = ("z_index", "t_index", "instance_number", "frame_index"), ("ipp_x", "ipp_y", "ipp_z")
+
+
+def _typed(value: str | None, cast: type) -> Any:
+    return None if value is None or value == "" else cast(value)
+
+
+def parse_slices_csv(data: bytes) -> list[dict[str, Any]]:
+    """Rows of slices/{key}.csv with schemas.SLICE_COLUMNS typed (ints, floats, None when empty).
+
+    Columns beyond schemas.SLICE_COLUMNS (e.g. a later addition) are kept as strings.
+    """
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"))))
+    for row in rows:
+        for name in _SLICE_INTS:
+            row[name] = _typed(row.get(name), int)
+        row["t_index"] = row["t_index"] or 0  # outputs written before 4D have no t_index
+        for name in _SLICE_FLOATS:
+            row[name] = _typed(row.get(name), float)
+    return rows

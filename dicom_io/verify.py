@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from dicom_io import geometry, pixels, readers, render, schemas, storage
+from dicom_io import geometry, pixels, readers, render, schemas, storage, tables
 from dicom_io.errors import DicomflowError
 from dicom_io.header import read_header
 from dicom_io.volume import slice_md5
@@ -325,7 +325,7 @@ def verify_series(series: dict[str, Any], instances: list[dict[str, Any]], setti
     for linked in (record, series):
         check_links(out, key, linked, commit)
     try:
-        slices = schemas.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(out, key)))
+        slices = tables.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(out, key)))
         array = open_volume(out, key)
     except (FileNotFoundError, OSError, KeyError, ValueError) as exc:
         commit.fail(f"cannot read the slices CSV or volume: {type(exc).__name__}: {exc}")

@@ -68,8 +68,8 @@ def test_convert_export_convert_is_byte_equal_with_the_same_affine(export_src, e
         else:
             np.testing.assert_allclose(b.affine_lps, a.affine_lps, rtol=0, atol=1e-6)
         assert b.dicom["monochrome1"] == a.dicom["monochrome1"]
-    src_slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
-    new_slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(back, row["series_key"]), "rb").read())
+    src_slices = tables.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    new_slices = tables.parse_slices_csv(open(schemas.slices_csv_uri(back, row["series_key"]), "rb").read())
     assert [s["pixel_md5"] for s in new_slices] == [s["pixel_md5"] for s in src_slices]
 
 
@@ -86,7 +86,7 @@ def test_float_volumes_use_rescaled_integers_with_per_slice_slopes(export_src, e
 def test_headers_come_from_the_record_with_derived_uids_and_source_references(export_src, exported):
     to, _ = exported
     key = export_src.key("axial")
-    slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    slices = tables.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
     record_tags = readers.open_volume(export_src.out, key).dicom["tags"]
     files = sorted(glob.glob(os.path.join(str(to), key, "*.dcm")))
     assert [os.path.basename(f) for f in files] == [f"{z:05d}.dcm" for z in range(len(slices))]
@@ -111,7 +111,7 @@ def test_keep_uids_and_deterministic_bytes(export_src, exported, tmp_path):
                 *RUNNER_ARGS])
     for z, path in enumerate(sorted(glob.glob(os.path.join(str(to), key, "*.dcm")))):
         assert open(path, "rb").read() == open(again / key / os.path.basename(path), "rb").read()
-    slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
+    slices = tables.parse_slices_csv(open(schemas.slices_csv_uri(export_src.out, key), "rb").read())
     kept_files = sorted(glob.glob(os.path.join(str(kept), key, "*.dcm")))
     assert [pydicom.dcmread(p).SOPInstanceUID for p in kept_files] == [s["sop_instance_uid"] for s in slices]
     assert {pydicom.dcmread(p).SeriesInstanceUID for p in kept_files} == {SERIES["axial"].series_uid}
@@ -382,8 +382,8 @@ def test_4d_convert_export_convert_keeps_array_volume_order_affine_and_volume_va
                 "float": ("temporal_position", [1, 2, 3]), "enhanced": ("echo_time", [12, 90])}
     field, values = expected[name]
     assert [v[field] for v in a.dicom["volumes"]] == values
-    src = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, key), "rb").read())
-    new = schemas.parse_slices_csv(open(schemas.slices_csv_uri(back, again), "rb").read())
+    src = tables.parse_slices_csv(open(schemas.slices_csv_uri(out, key), "rb").read())
+    new = tables.parse_slices_csv(open(schemas.slices_csv_uri(back, again), "rb").read())
     assert [(s["t_index"], s["z_index"], s["pixel_md5"]) for s in new] == \
         [(s["t_index"], s["z_index"], s["pixel_md5"]) for s in src]
 
@@ -468,7 +468,7 @@ def test_4d_keep_uids_keeps_the_series_and_derives_what_planes_of_one_source_sha
         files = sorted(glob.glob(os.path.join(str(tmp_path), keys[name][0], "*.dcm")))
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         assert len({ds.SOPInstanceUID for ds in headers}) == len(files)  # 48 tiles of one mosaic: 48 UIDs
-        slices = schemas.parse_slices_csv(open(schemas.slices_csv_uri(out, keys[name][0]), "rb").read())
+        slices = tables.parse_slices_csv(open(schemas.slices_csv_uri(out, keys[name][0]), "rb").read())
         if name == "time":  # one source per plane: its UID kept
             assert [ds.SOPInstanceUID for ds in headers] == [s["sop_instance_uid"] for s in slices]
         else:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dicom_io import schemas, storage, verify
+from dicom_io import schemas, storage, tables, verify
 from dicom_io.tables import read_table
 from pipelines.convert import run as convert
 from tests import synthetic
@@ -37,7 +37,7 @@ def _check(out, series, instances, key, **settings):
 
 
 def _slices(out, key):
-    return schemas.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(out, key)))
+    return tables.parse_slices_csv(storage.read_bytes(schemas.slices_csv_uri(out, key)))
 
 
 def test_a_clean_conversion_passes_every_check(clean):
