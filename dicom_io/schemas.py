@@ -227,7 +227,17 @@ def series_row(record: dict[str, Any]) -> dict[str, Any]:
     row["n_volumes"] = record.get("n_volumes") or 1
     row["split_by"] = list(record.get("split_by") or [])
     row.update(tag_columns(record.get("tags") or {}))
+    row.update(plane_size(record))
     return row
+
+
+def plane_size(record: dict[str, Any]) -> dict[str, int]:
+    """rows and columns of the stored planes, from `shape` ([t,] z, y, x[, 3]): a Siemens mosaic's
+    tile, not the mosaic's (0028,0010)/(0028,0011), which stay in the series JSON's dicom.tags.
+    Nothing for a failed row (no shape): the tag values stand."""
+    shape = record.get("shape") or []
+    dims = shape[1:] if (record.get("n_volumes") or 1) > 1 else shape
+    return {"rows": int(dims[1]), "columns": int(dims[2])} if len(dims) >= 3 else {}
 
 
 # ---- manifest job (pipelines.manifest): tables at the root of OUT -----------------------------

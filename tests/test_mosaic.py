@@ -164,6 +164,9 @@ def test_dwi_mosaics_become_one_4d_array_with_b_values_and_directions(converted,
     [row] = read_table(out4, "series").to_pylist()
     assert row["status"] == "converted" and row["n_volumes"] == 2 and row["n_slices"] == N_IMAGES
     assert row["shape"] == [2, N_IMAGES, TILE, TILE] and row["dtype"] == "int16" and row["geometry"] == "regular"
+    assert (row["rows"], row["columns"]) == (TILE, TILE)  # the tile, not the mosaic's (0028,0010)
+    mosaic_rows = json.load(open(glob.glob(os.path.join(out4, "series", "*.json"))[0]))["tags"]["Rows"]
+    assert mosaic_rows > TILE
     volumes = json.loads(row["volumes"])
     assert [v["b_value"] for v in volumes] == [0, 1000]
     assert volumes[0]["diffusion_direction"] is None
