@@ -104,3 +104,24 @@ def test_the_pool_writes_the_same_bytes_as_one_process(corpus, tmp_path):
         outs[n] = {os.path.relpath(p, out): _normalized(p, str(out)) for p in all_files(str(out))}
     assert sorted(outs[1]) == sorted(outs[2])
     assert [k for k in outs[1] if outs[1][k] != outs[2][k]] == []
+
+
+def _frozen_objects(_item):
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_workers_leave_what_they_inherited_to_the_permanent_generation():
+    """A forked worker's collections must not traverse (and so copy the pages of) the launcher's
+    objects: every object it inherited is frozen, the caller's own generations are not."""
+    import gc
+
+    inherited = [{"header": i} for i in range(20_000)]  # a launcher holding grouped records
+    pool = Pool(2)
+    try:
+        counts = [count for _, count in pool.map_unordered(_frozen_objects, range(4))]
+    finally:
+        pool.close()
+    assert len(counts) == 4 and min(counts) > len(inherited)
+    assert gc.get_freeze_count() == 0
