@@ -5,58 +5,41 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io import progress, schemas
+from dicom_io import schemas
 from dicom_io.deid import DeidSettings, burned_in_reason
 from dicom_io.header import InstanceHeader
-from dicom_io.header_pass import HEADER, read_batch, read_listed
-from dicom_io.workers import Pool
-from transforms.bundles import Batches, windowed
+from dicom_io.header_pass import HEADER, read_batch
+from transforms.bundles import PooledFn
 from transforms.counters import LOG, NAMESPACE, Counter
 
 __all__ = ["DropLocalizers", "LOG", "NAMESPACE", "ReadHeaderFn", "ReadHeaders", "RouteInstancesFn"]
 PROGRESS_EVERY = 1000
 
 
-class ReadHeaderFn(beam.DoFn):
+class ReadHeaderFn(PooledFn):
     """(uri, size, label) -> InstanceHeader; unreadable files -> tagged instance rows with the reason.
 
     `processes` > 1 (local runs): files are parsed in batches of BATCH in forked processes
-    (dicom_io.workers); what is in flight at the end of a bundle is emitted from finish_bundle.
+    (dicom_io.workers, transforms.bundles.PooledFn).
     """
 
     REJECTED = "rejected"
     BATCH = 64
+    work = staticmethod(read_batch)
 
     def __init__(self, deid: DeidSettings | None = None, processes: int = 1):
-        super().__init__()
+        super().__init__(processes)
         self._deid_settings = deid
-        self._processes = processes
 
     def setup(self):
-        self._workers = Pool(self._processes)
-        self._batches = Batches(self._workers, read_batch, self._task, self.BATCH)
+        super().setup()
         self.read = Counter("files_read")
         self.failed = Counter("files_failed")
         self.skipped = Counter("files_skipped")
         self._seen = 0
 
-    def process(self, element: tuple[str, int | None, str | None]):
-        if self._processes == 1:
-            yield from self._outputs([read_listed(element, self._deid_settings)])
-            return
-        for outcomes in self._batches.add(element):
-            yield from self._outputs(outcomes)
-
-    def finish_bundle(self):
-        for outcomes in self._batches.finish():
-            yield from windowed(self._outputs(outcomes))
-        progress.flush()
-
     def _task(self, batch: list) -> tuple:
         return batch, self._deid_settings
-
-    def teardown(self):
-        self._workers.close()
 
     def _outputs(self, outcomes):
         for kind, value in outcomes:

@@ -19,9 +19,7 @@ from dicom_io.errors import DicomflowError
 from dicom_io.inputs import resolve_input
 from dicom_io.manifest import CrawlSettings
 from dicom_io.tables import TableSharding, encode_parquet, encode_wide_tags, wide_sharding
-from dicom_io import progress
-from dicom_io.workers import Pool
-from transforms.bundles import Batches, windowed
+from transforms.bundles import PooledFn
 from transforms.counters import NAMESPACE, Counter, CountFn
 from transforms.inputs import ListInputs, MatchSpread
 from transforms.tables import WriteShardedFiles
@@ -148,47 +146,31 @@ class ReuseUnchanged(beam.PTransform):
 
 # ---- headers ----------------------------------------------------------------------------------
 
-class CrawlHeaderFn(beam.DoFn):
+class CrawlHeaderFn(PooledFn):
     """(uri, size, mtime) -> one instances row (main) and, with all_tags, (uri, entries) (tagged).
 
     `processes` > 1 (local runs): files are parsed in batches of BATCH in forked processes
-    (dicom_io.workers); what is in flight at the end of a bundle is emitted from finish_bundle.
+    (dicom_io.workers, transforms.bundles.PooledFn).
     """
 
     BATCH = 64
+    work = staticmethod(manifest.crawl_batch)
 
     def __init__(self, all_tags: bool, max_items: int | None, deid: DeidSettings | None = None,
                  processes: int = 1):
-        super().__init__()
+        super().__init__(processes)
         self._all_tags = all_tags
         self._max_items = max_items
         self._deid_settings = deid
-        self._processes = processes
 
     def setup(self):
-        self._workers = Pool(self._processes)
-        self._batches = Batches(self._workers, manifest.crawl_batch, self._task, self.BATCH)
+        super().setup()
         self.parsed = Counter("headers_parsed", shown_as="files_read")
         self.failed = Metrics.counter(NAMESPACE, "files_failed")
         self.no_pixels = Metrics.counter(NAMESPACE, "files_without_pixel_data")
 
     def _task(self, batch: list) -> tuple:
         return batch, self._all_tags, self._max_items, self._deid_settings
-
-    def process(self, element: tuple[str, int | None, float | None]):
-        if self._processes == 1:
-            yield from self._outputs([manifest.crawl_listed(element, *self._task([])[1:])])
-            return
-        for crawled in self._batches.add(element):
-            yield from self._outputs(crawled)
-
-    def finish_bundle(self):
-        for crawled in self._batches.finish():
-            yield from windowed(self._outputs(crawled))
-        progress.flush()
-
-    def teardown(self):
-        self._workers.close()
 
     def _outputs(self, crawled_files):
         for crawled in crawled_files:

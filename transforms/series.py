@@ -5,13 +5,11 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from dicom_io import progress
 from dicom_io.convert import ConvertSettings
 from dicom_io.header import InstanceHeader
 from dicom_io.plan import MISSING_SERIES_PREFIX
 from dicom_io.series import SeriesResult, convert_series
-from dicom_io.workers import Pool
-from transforms.bundles import windowed
+from transforms.bundles import PooledFn
 from transforms.counters import LOG, Counter
 
 
@@ -20,7 +18,7 @@ def series_uid_of(h: InstanceHeader) -> tuple[str, InstanceHeader]:
     return h.series_instance_uid or f"{MISSING_SERIES_PREFIX}{h.source_uri}", h
 
 
-class ConvertSeriesFn(beam.DoFn):
+class ConvertSeriesFn(PooledFn):
     """(SeriesInstanceUID, headers) -> series rows (main) and instance rows (tagged).
 
     `processes` > 1 (local runs): series are converted in forked processes (dicom_io.workers), and
@@ -28,32 +26,23 @@ class ConvertSeriesFn(beam.DoFn):
     """
 
     INSTANCES = "instances"
+    work = staticmethod(convert_series)
 
     def __init__(self, settings: ConvertSettings, processes: int = 1):
-        super().__init__()
+        super().__init__(processes)
         self._settings = settings
-        self._processes = processes
 
     def setup(self):
-        self._workers = Pool(self._processes)
+        super().setup()
         self.converted = Counter("series_converted", shown_as="series_written")
         self.reused = Counter("series_reused")
         self.failed = Counter("series_failed")
         self.duplicates = Counter("files_skipped")
         self.bytes_written = Counter("bytes_written")
 
-    def process(self, element: tuple[str, list[InstanceHeader]]):
-        series_uid, headers = element
-        for _, result in self._workers.submit(convert_series, (series_uid, list(headers), self._settings)):
-            yield from self._outputs(result)
-
-    def finish_bundle(self):
-        for _, result in self._workers.drain():
-            yield from windowed(self._outputs(result))
-        progress.flush()
-
-    def teardown(self):
-        self._workers.close()
+    def _task(self, batch: list[tuple[str, list[InstanceHeader]]]) -> tuple:
+        [(series_uid, headers)] = batch  # BATCH 1: a series is a task
+        return series_uid, list(headers), self._settings
 
     def _outputs(self, result: SeriesResult):
         self.duplicates.inc(result.duplicates)
