@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 
 def _cpu_ms(label: str, n: int, fn: Callable[[], None], rows: list) -> float:
     start = time.process_time()

@@ -7,7 +7,6 @@ once: the best status wins (converted, then skipped, then failed), then the late
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from typing import Any, Iterable

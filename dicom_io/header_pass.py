@@ -12,7 +12,7 @@ from typing import Any, Union
 from dicom_io import schemas, storage
 from dicom_io.deid import DeidSettings, deidentifier_for
 from dicom_io.errors import DicomflowError, NoPixelDataError
-from dicom_io.header import InstanceHeader, read_header
+from dicom_io.header import read_header
 
 Listed = tuple[str, Union[int, None], Union[str, None]]  # (uri, size if listed, manifest label)
 Outcome = tuple[str, Any]  # ("header", InstanceHeader) | (schemas.SKIPPED or schemas.FAILED, instance row)
